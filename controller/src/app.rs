@@ -1,0 +1,187 @@
+//! Wiring: storage, registry, ADS server, management API and (optionally) a supervised Envoy.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gateway_envoy::{BootstrapSettings, EnvoyCommand};
+use gateway_xds::{ClusterSettings, ListenerSettings, RouteSettings, XdsSettings};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::http::{AppState, router};
+use crate::registry::Registry;
+use crate::store::Store;
+
+fn xds_settings(c: &Config, trusted_ca_file: PathBuf) -> XdsSettings {
+    let t = &c.router.upstream.timeouts;
+    XdsSettings {
+        listener: ListenerSettings { host: c.router.listener_host.clone(), port: c.router.listener_port },
+        routes: RouteSettings { route_timeout: Duration::from_millis(t.route_timeout_ms) },
+        clusters: ClusterSettings { connect_timeout: Duration::from_millis(t.connect_timeout_ms), trusted_ca_file },
+    }
+}
+
+/// The trust bundle for https upstreams: the system roots, plus `[router.upstream.tls] ca_file`
+/// combined into one file under the data directory when set.
+fn trusted_ca_file(c: &Config) -> anyhow::Result<PathBuf> {
+    let tls = &c.router.upstream.tls;
+    if tls.ca_file.is_empty() {
+        return Ok(PathBuf::from(&tls.system_ca_file));
+    }
+    let extra = std::fs::read_to_string(&tls.ca_file).with_context(|| format!("reading router.upstream.tls.ca_file {}", tls.ca_file))?;
+    let system = std::fs::read_to_string(&tls.system_ca_file).unwrap_or_default();
+    let path = c.controller.storage.data_dir.join("upstream-ca-bundle.pem");
+    std::fs::write(&path, format!("{system}\n{extra}\n")).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+async fn bind(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((host, port)).await.with_context(|| format!("cannot listen for the {what} on {host}:{port}"))
+}
+
+/// Runs the gateway until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let data_dir = &config.controller.storage.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let db_path = data_dir.join("gateway.db");
+    let store = Store::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
+    let sync_enabled = !config.controller.controlplane.host.is_empty();
+    let registry = Arc::new(Registry::open(store, xds_settings(&config, trusted_ca_file(&config)?), sync_enabled)?);
+
+    let xds_listener = bind(&config.controller.xds.host, config.controller.xds.port, "ADS server").await?;
+    let api_listener = bind(&config.controller.server.host, config.controller.server.port, "management API").await?;
+    let xds_addr = xds_listener.local_addr()?;
+    info!(address = %api_listener.local_addr()?, "management API listening");
+    info!(address = %xds_addr, "ADS server listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move { stop_requested(&mut rx).await };
+
+    let xds = registry.xds().clone();
+    let xds_task = tokio::spawn({
+        let rx = stop_rx.clone();
+        async move { xds.serve(xds_listener, stopped(rx)).await }
+    });
+    let envoy_task = if config.router.managed {
+        Some(tokio::spawn(supervise_envoy(config.clone(), xds_addr, stop_rx.clone())))
+    } else {
+        None
+    };
+    let state = AppState {
+        registry: registry.clone(),
+        auth: Arc::new(Authenticator::new(&config.controller.auth.basic)),
+        max_body: config.controller.server.max_body_bytes,
+    };
+    axum::serve(api_listener, router(state)).with_graceful_shutdown(stopped(stop_rx.clone())).await?;
+    if let Some(t) = envoy_task {
+        let _ = t.await;
+    }
+    match xds_task.await {
+        Ok(Err(e)) => warn!(error = %e, "ADS server stopped with an error"),
+        Err(e) => warn!(error = %e, "ADS server task failed"),
+        Ok(Ok(())) => {}
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn envoy_command(c: &Config, xds_addr: SocketAddr) -> anyhow::Result<EnvoyCommand> {
+    let explicit = (!c.router.envoy_binary.is_empty()).then(|| PathBuf::from(&c.router.envoy_binary));
+    let binary = gateway_envoy::find_binary(explicit.as_deref())?;
+    let xds_host = if !c.router.xds_host.is_empty() {
+        c.router.xds_host.clone()
+    } else if xds_addr.ip().is_unspecified() {
+        "127.0.0.1".into()
+    } else {
+        xds_addr.ip().to_string()
+    };
+    let bootstrap = BootstrapSettings {
+        node_id: format!("{}-router", c.controller.server.gateway_id),
+        xds_host,
+        xds_port: xds_addr.port(),
+        admin_host: "127.0.0.1".into(),
+        admin_port: c.router.admin_port,
+    };
+    let config_path = c.controller.storage.data_dir.join("envoy-bootstrap.json");
+    gateway_envoy::write_bootstrap(&config_path, &bootstrap)?;
+    Ok(EnvoyCommand {
+        binary,
+        config_path,
+        concurrency: (c.router.concurrency > 0).then_some(c.router.concurrency),
+        log_level: c.router.log_level.clone(),
+        log_file: None,
+    })
+}
+
+/// Runs Envoy as a child, restarting it with backoff if it dies, and stops it on shutdown.
+async fn supervise_envoy(config: Config, xds_addr: SocketAddr, mut stop: watch::Receiver<bool>) {
+    let cmd = match envoy_command(&config, xds_addr) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "cannot start Envoy; the management API keeps running without a router");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %e, "cannot start Envoy");
+                return;
+            }
+        };
+        info!(
+            binary = %cmd.binary.display(),
+            listener = format!("{}:{}", config.router.listener_host, config.router.listener_port),
+            admin = format!("127.0.0.1:{}", config.router.admin_port),
+            "Envoy started"
+        );
+        let started = std::time::Instant::now();
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = stop_requested(&mut stop) => {
+                terminate(&mut child).await;
+                return;
+            }
+        };
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
+        error!(status = ?status.ok(), retry_in_ms = backoff.as_millis() as u64, "Envoy exited; restarting");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop_requested(&mut stop) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn stop_requested(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Asks Envoy to exit (SIGTERM), then kills it if it has not within five seconds.
+async fn terminate(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+    info!("Envoy stopped");
+}

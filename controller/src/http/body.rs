@@ -1,0 +1,79 @@
+//! Reading management request bodies: size limit, content type, JSON or YAML.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::Value;
+
+use super::error::ApiError;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Yaml,
+    Sniff,
+}
+
+fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else { return Ok(Format::Sniff) };
+    let ct = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match ct.as_str() {
+        "application/json" => Ok(Format::Json),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => Ok(Format::Yaml),
+        "" => Ok(Format::Sniff),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Unsupported content type '{other}': use application/json or application/yaml"),
+        )),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("Request body exceeds the limit of {limit} bytes"))
+}
+
+/// Reads the body (at most `limit` bytes). An empty body is `None`.
+pub async fn read_bytes(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes().to_vec()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("Failed to read request body: {e}"))),
+    }
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("failed to parse JSON: {e}"))
+}
+
+fn parse_yaml(bytes: &[u8]) -> Result<Value, String> {
+    serde_yaml_ng::from_slice(bytes).map_err(|e| format!("failed to parse YAML: {e}"))
+}
+
+/// Reads and parses a JSON or YAML document (by content type; sniffed when none is given).
+pub async fn read_document(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ApiError> {
+    let format = format_of(headers)?;
+    let bytes = read_bytes(headers, body, limit).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "Failed to parse configuration: the request body is empty"));
+    }
+    let parsed = match format {
+        Format::Json => parse_json(&bytes),
+        Format::Yaml => parse_yaml(&bytes),
+        Format::Sniff => parse_json(&bytes).or_else(|_| parse_yaml(&bytes)),
+    };
+    let value = parsed.map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, format!("Failed to parse configuration: {m}")))?;
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Failed to parse configuration: the document must be an object with apiVersion, kind, metadata and spec",
+        ));
+    }
+    Ok(value)
+}

@@ -1,0 +1,91 @@
+//! The management REST API: routes on the three base paths, authentication, and fallbacks.
+
+pub mod body;
+pub mod error;
+pub mod rest_apis;
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri, header};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::auth::{AuthError, Authenticator, Principal, Role};
+use crate::registry::Registry;
+use error::ApiError;
+
+/// Roles that may manage API definitions.
+pub const DEFINITION_ROLES: &[Role] = &[Role::Admin, Role::Developer];
+
+/// Base paths that serve the same management API.
+pub const BASE_PATHS: [&str; 3] = ["", "/api/management/v0.9", "/api/management/v1"];
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The API registry.
+    pub registry: Arc<Registry>,
+    /// Credential checks.
+    pub auth: Arc<Authenticator>,
+    /// Largest accepted body.
+    pub max_body: usize,
+}
+
+/// The authenticated caller of a management request.
+pub struct Caller(pub Principal);
+
+impl Caller {
+    /// Fails with 403 unless the caller holds one of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if self.0.has_any(roles) {
+            Ok(())
+        } else {
+            Err(ApiError::new(StatusCode::FORBIDDEN, format!("User '{}' is not allowed to perform this operation", self.0.username)))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let auth = st.auth.clone();
+        let result = tokio::task::spawn_blocking(move || auth.authenticate(header.as_deref())).await?;
+        match result {
+            Ok(p) => Ok(Caller(p)),
+            Err(AuthError::Missing) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "Authentication required")),
+            Err(AuthError::Invalid) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "Invalid credentials")),
+        }
+    }
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "healthy"}))
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("No such resource: {}", uri.path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed on this resource")
+}
+
+fn management_routes() -> Router<AppState> {
+    Router::new()
+        .route("/rest-apis", get(rest_apis::list).post(rest_apis::create))
+        .route("/rest-apis/{id}", get(rest_apis::get).put(rest_apis::update).delete(rest_apis::delete))
+}
+
+/// The full management router.
+pub fn router(state: AppState) -> Router {
+    let mut app = Router::new().route("/health", get(health));
+    for base in BASE_PATHS {
+        app = if base.is_empty() { app.merge(management_routes()) } else { app.nest(base, management_routes()) };
+    }
+    app.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state)
+}

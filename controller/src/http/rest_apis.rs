@@ -1,0 +1,163 @@
+//! `/rest-apis` handlers: create, list, get, update, delete.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Map, Value, json};
+
+use super::body::read_document;
+use super::error::ApiError;
+use super::{AppState, Caller, DEFINITION_ROLES};
+use crate::model::ApiRequest;
+use crate::registry::{ApiEntry, Registry, RegistryError};
+use crate::validate::{FieldError, ValidApi, validate_rest_api};
+
+/// Parses and validates a request document; returns the validated API and the envelope to store.
+fn parse_rest_api(doc: Value, path_name: Option<&str>) -> Result<(ValidApi, String), ApiError> {
+    let req: ApiRequest = serde_path_to_error::deserialize(&doc).map_err(|e| {
+        let field = e.path().to_string();
+        ApiError::validation(vec![FieldError {
+            field: if field == "." { "body".into() } else { field },
+            message: e.into_inner().to_string(),
+        }])
+    })?;
+    let valid = validate_rest_api(&req, path_name).map_err(ApiError::validation)?;
+    let mut envelope = Map::new();
+    for key in ["apiVersion", "kind", "metadata", "spec"] {
+        if let Some(v) = doc.get(key) {
+            envelope.insert(key.into(), v.clone());
+        }
+    }
+    let meta = envelope.entry("metadata").or_insert_with(|| json!({}));
+    if let Some(m) = meta.as_object_mut() {
+        m.insert("name".into(), json!(valid.name));
+    }
+    Ok((valid, Value::Object(envelope).to_string()))
+}
+
+/// The resource as answered: the envelope as sent, the `status` block and the bottom-up guide's
+/// top-level fields.
+pub fn render(e: &ApiEntry) -> Value {
+    let r = &e.row;
+    let mut v: Value = serde_json::from_str(&r.definition).unwrap_or_else(|_| json!({}));
+    let policies = v.pointer("/spec/policies").cloned().unwrap_or_else(|| json!([]));
+    let mut status = json!({"id": r.handle, "state": r.desired_state, "createdAt": r.created_at, "updatedAt": r.updated_at});
+    if let Some(d) = &r.deployed_at {
+        status["deployedAt"] = json!(d);
+    }
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("status".into(), status);
+        obj.insert("uuid".into(), json!(r.uuid));
+        obj.insert("displayName".into(), json!(r.display_name));
+        obj.insert("version".into(), json!(r.version));
+        obj.insert("context".into(), json!(r.context));
+        obj.insert("policies".into(), policies);
+        obj.insert("origin".into(), json!(r.origin));
+        obj.insert("desiredState".into(), json!(r.desired_state));
+        obj.insert("cpSyncStatus".into(), json!(r.cp_sync_status));
+        if let Some(err) = &r.cp_sync_error {
+            obj.insert("cpSyncError".into(), json!(err));
+        }
+        obj.insert("createdAt".into(), json!(r.created_at));
+    }
+    v
+}
+
+async fn blocking<T: Send + 'static>(
+    registry: &Arc<Registry>,
+    f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let r = registry.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&r)).await??)
+}
+
+fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(id)| id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid path: {e}")))
+}
+
+/// `POST /rest-apis`.
+pub async fn create(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(DEFINITION_ROLES)?;
+    let doc = read_document(&headers, body, st.max_body).await?;
+    let (valid, definition) = parse_rest_api(doc, None)?;
+    let entry = blocking(&st.registry, move |r| r.create(valid, definition)).await?;
+    Ok((StatusCode::CREATED, Json(render(&entry))))
+}
+
+/// `PUT /rest-apis/{id}`.
+pub async fn update(
+    State(st): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(DEFINITION_ROLES)?;
+    let id = path_id(id)?;
+    let doc = read_document(&headers, body, st.max_body).await?;
+    // An unknown id is a 404 even when the body is also invalid.
+    st.registry.get(&id)?;
+    let (valid, definition) = parse_rest_api(doc, Some(&id))?;
+    let entry = blocking(&st.registry, move |r| r.update(valid, definition)).await?;
+    Ok(Json(render(&entry)))
+}
+
+/// `GET /rest-apis/{id}`.
+pub async fn get(
+    State(st): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(DEFINITION_ROLES)?;
+    let id = path_id(id)?;
+    let entry = st.registry.get(&id)?;
+    Ok(Json(render(&entry)))
+}
+
+/// `DELETE /rest-apis/{id}`.
+pub async fn delete(
+    State(st): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(DEFINITION_ROLES)?;
+    let id = path_id(id)?;
+    let target = id.clone();
+    blocking(&st.registry, move |r| r.delete(&target)).await?;
+    Ok(Json(json!({"status": "success", "message": "RestAPI deleted successfully", "id": id})))
+}
+
+fn matches(e: &ApiEntry, key: &str, want: &str) -> bool {
+    let r = &e.row;
+    match key {
+        "displayName" => r.display_name == want,
+        "version" => r.version == want,
+        "context" => r.context == want || e.valid.as_ref().is_some_and(|v| v.context_raw == want),
+        "status" => r.desired_state.eq_ignore_ascii_case(want),
+        _ => true,
+    }
+}
+
+/// `GET /rest-apis?displayName=&version=&context=&status=`.
+pub async fn list(State(st): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
+    caller.require(DEFINITION_ROLES)?;
+    let filters: Vec<(String, String)> =
+        url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let apis: Vec<Value> = st
+        .registry
+        .list()?
+        .iter()
+        .filter(|e| filters.iter().all(|(k, v)| matches(e, k, v)))
+        .map(|e| render(e))
+        .collect();
+    Ok(Json(json!({"status": "success", "count": apis.len(), "apis": apis})))
+}

@@ -1,0 +1,12 @@
+//! The gateway controller: management REST API, SQLite storage, and the wiring that turns stored
+//! APIs into Envoy configuration.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod model;
+pub mod policies;
+pub mod registry;
+pub mod store;
+pub mod validate;

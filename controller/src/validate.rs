@@ -1,0 +1,309 @@
+//! Validation of a `RestApi` request into the facts the gateway acts on. Every problem is
+//! reported with the field path it concerns; nothing is stored unless validation passes.
+
+use std::collections::HashMap;
+
+use gateway_xds::{ApiRoutes, Operation, PathPattern, Scheme, Upstream, route_key};
+use serde::Serialize;
+
+use crate::model::{ApiRequest, DesiredState, PolicyRef, UpstreamRef};
+use crate::policies::validate_policy;
+
+/// Accepted `apiVersion` values.
+pub const API_VERSIONS: [&str; 3] = [
+    "gateway.api-platform.wso2.com/v1alpha1",
+    "gateway.api-platform.wso2.com/v1alpha2",
+    "gateway.api-platform.wso2.com/v1",
+];
+/// Accepted operation methods.
+pub const METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+const MAX_OPERATIONS: usize = 1000;
+
+/// One validation problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// Path of the offending field, e.g. `spec.operations[2].path`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A validated `RestApi`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidApi {
+    /// `metadata.name`.
+    pub name: String,
+    /// `spec.displayName`.
+    pub display_name: String,
+    /// `spec.version`.
+    pub version: String,
+    /// `spec.context` as sent (may contain `$version`).
+    pub context_raw: String,
+    /// Requested deployment state.
+    pub state: DesiredState,
+    /// What the router serves when the API is deployed.
+    pub routes: ApiRoutes,
+    /// Canonical `METHOD /full/path` keys of the operations, for conflict detection.
+    pub route_keys: Vec<String>,
+}
+
+impl ValidApi {
+    /// The context with `$version` resolved.
+    pub fn context(&self) -> &str {
+        &self.routes.context
+    }
+}
+
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError { field: field.into(), message: message.into() });
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    (1..=63).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn is_display_name(s: &str) -> bool {
+    (1..=100).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_. ".contains(&b))
+}
+
+fn is_version(s: &str) -> bool {
+    let digits = s.strip_prefix('v').unwrap_or(s);
+    let parts: Vec<&str> = digits.split('.').collect();
+    (1..=3).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty() && p.len() <= 9 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn check_context(raw: &str, version: &str, e: &mut Errors) -> Option<String> {
+    const F: &str = "spec.context";
+    if !raw.starts_with('/') {
+        e.add(F, "Context must start with /");
+        return None;
+    }
+    if raw.len() > 200 {
+        e.add(F, "Context must be 1-200 characters");
+        return None;
+    }
+    if raw.len() > 1 && raw.ends_with('/') {
+        e.add(F, "Context cannot end with / (except for root context)");
+        return None;
+    }
+    if raw.replace("$version", "").contains('$') {
+        e.add(F, "Context may only contain the placeholder $version");
+        return None;
+    }
+    let resolved = raw.replace("$version", version);
+    if resolved == "/" {
+        return Some(resolved);
+    }
+    match PathPattern::parse(&resolved) {
+        Ok(p) if p.is_literal() && p.to_string() == resolved => Some(resolved),
+        Ok(_) => {
+            e.add(F, "Context must be a plain path: no {parameters}, wildcards or empty segments");
+            None
+        }
+        Err(err) => {
+            e.add(F, format!("Context {err}"));
+            None
+        }
+    }
+}
+
+/// Parses an upstream URL: absolute http(s) with a host, no credentials, query or fragment.
+pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
+    let u = url::Url::parse(url).map_err(|e| format!("Upstream URL is not a valid absolute URL: {e}"))?;
+    let scheme = match u.scheme() {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        _ => return Err("Upstream URL must use http or https scheme".into()),
+    };
+    let host = match u.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => return Err("Upstream URL must include a host".into()),
+    };
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("Upstream URL must not contain credentials".into());
+    }
+    if u.query().is_some() {
+        return Err("Upstream URL must not include a query string".into());
+    }
+    if u.fragment().is_some() {
+        return Err("Upstream URL must not include a fragment".into());
+    }
+    let port = u.port_or_known_default().ok_or("Upstream URL must include a port")?;
+    let base_path = u.path().trim_end_matches('/').to_string();
+    Ok(Upstream { scheme, host, port, base_path })
+}
+
+fn check_upstream(r: &Option<UpstreamRef>, field: &str, required: bool, e: &mut Errors) -> Option<Upstream> {
+    let Some(url) = r.as_ref().and_then(|r| r.url.as_deref()) else {
+        if required || r.is_some() {
+            e.add(format!("{field}.url"), "Upstream URL is required");
+        }
+        return None;
+    };
+    parse_upstream(url).map_err(|m| e.add(format!("{field}.url"), m)).ok()
+}
+
+fn check_policies(policies: &[PolicyRef], at: &str, e: &mut Errors) {
+    for (i, p) in policies.iter().enumerate() {
+        let field = format!("{at}[{i}]");
+        if p.execution_condition.is_some() {
+            e.add(format!("{field}.executionCondition"), "executionCondition is not supported yet");
+        }
+        validate_policy(p.name.as_deref(), p.version.as_deref(), &p.params, &field, &mut e.0);
+    }
+}
+
+fn required<'a>(v: &'a Option<String>, field: &str, message: &str, e: &mut Errors) -> Option<&'a str> {
+    match v.as_deref().map(str::trim) {
+        Some(s) if !s.is_empty() => v.as_deref(),
+        _ => {
+            e.add(field, message);
+            None
+        }
+    }
+}
+
+/// Validates a `RestApi` request. `path_name` is the `{id}` of a PUT: a body that names another
+/// API is rejected, a body without a name takes it.
+pub fn validate_rest_api(req: &ApiRequest, path_name: Option<&str>) -> Result<ValidApi, Vec<FieldError>> {
+    let mut e = Errors(Vec::new());
+    match req.api_version.as_deref() {
+        None => e.add("apiVersion", "apiVersion is required"),
+        Some(v) if API_VERSIONS.contains(&v) => {}
+        Some(v) => e.add("apiVersion", format!("Unsupported apiVersion '{v}' (use one of {})", API_VERSIONS.join(", "))),
+    }
+    match req.kind.as_deref() {
+        Some("RestApi") => {}
+        None => e.add("kind", "Resource kind is required"),
+        Some(_) => e.add("kind", "Unsupported kind (must be 'RestApi')"),
+    }
+    let meta_name = req.metadata.as_ref().and_then(|m| m.name.clone()).filter(|n| !n.is_empty());
+    let name = match (meta_name, path_name) {
+        (Some(n), Some(p)) if n != p => {
+            e.add("metadata.name", format!("metadata.name '{n}' does not match the API id '{p}' in the path (name mismatch)"));
+            None
+        }
+        (Some(n), _) => Some(n),
+        (None, Some(p)) => Some(p.to_string()),
+        (None, None) => {
+            e.add("metadata.name", "Metadata name is required");
+            None
+        }
+    };
+    if let Some(n) = &name {
+        if !is_name(n) {
+            e.add("metadata.name", "metadata.name must be 1-63 characters of letters, digits, '.', '_' or '-'");
+        }
+    }
+    if let Some(m) = &req.metadata {
+        for k in m.labels.keys().filter(|k| k.is_empty() || k.chars().any(char::is_whitespace)) {
+            e.add(format!("metadata.labels.{k}"), format!("Label key '{k}' must be non-empty and contain no whitespace"));
+        }
+    }
+    let Some(spec) = &req.spec else {
+        e.add("spec", "spec is required");
+        return Err(e.0);
+    };
+    let display_name = required(&spec.display_name, "spec.displayName", "API display name is required", &mut e);
+    if display_name.is_some_and(|d| !is_display_name(d)) {
+        e.add(
+            "spec.displayName",
+            "API display name must be 1-100 characters: letters, numbers, spaces, hyphens, underscores and dots",
+        );
+    }
+    let version = required(&spec.version, "spec.version", "API version is required", &mut e);
+    if version.is_some_and(|v| !is_version(v)) {
+        e.add("spec.version", "API version must follow semantic versioning pattern (e.g., v1, v1.0, 1.0.0)");
+    }
+    let context_raw = required(&spec.context, "spec.context", "Context is required", &mut e);
+    let context = context_raw.and_then(|c| check_context(c, version.unwrap_or(""), &mut e));
+    if spec.vhosts.is_some() {
+        e.add("spec.vhosts", "vhosts are not supported yet; remove the field to serve on every host");
+    }
+    let state = match (spec.desired_state, spec.deployment_state) {
+        (Some(a), Some(b)) if a != b => {
+            e.add("spec.deploymentState", "desiredState and deploymentState disagree");
+            DesiredState::Deployed
+        }
+        (a, b) => a.or(b).unwrap_or(DesiredState::Deployed),
+    };
+    let main = match &spec.upstream {
+        None => {
+            e.add("spec.upstream.main.url", "Upstream URL is required");
+            None
+        }
+        Some(u) => {
+            check_upstream(&u.sandbox, "spec.upstream.sandbox", false, &mut e);
+            check_upstream(&u.main, "spec.upstream.main", true, &mut e)
+        }
+    };
+    check_policies(&spec.policies, "spec.policies", &mut e);
+
+    let mut operations = Vec::new();
+    let mut route_keys = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    match spec.operations.as_deref() {
+        None | Some([]) => e.add("spec.operations", "At least one operation is required"),
+        Some(ops) if ops.len() > MAX_OPERATIONS => {
+            e.add("spec.operations", format!("At most {MAX_OPERATIONS} operations are allowed"))
+        }
+        Some(ops) => {
+            for (i, op) in ops.iter().enumerate() {
+                let at = format!("spec.operations[{i}]");
+                let method = match op.method.as_deref().map(str::to_ascii_uppercase) {
+                    None => {
+                        e.add(format!("{at}.method"), "HTTP method is required");
+                        None
+                    }
+                    Some(m) if METHODS.contains(&m.as_str()) => Some(m),
+                    Some(m) => {
+                        e.add(format!("{at}.method"), format!("Invalid HTTP method '{m}' (use one of {})", METHODS.join(", ")));
+                        None
+                    }
+                };
+                let path = match op.path.as_deref() {
+                    None => {
+                        e.add(format!("{at}.path"), "Operation path is required");
+                        None
+                    }
+                    Some(p) => PathPattern::parse(p).map_err(|err| e.add(format!("{at}.path"), format!("Operation path {err}"))).ok(),
+                };
+                check_policies(&op.policies, &format!("{at}.policies"), &mut e);
+                let (Some(method), Some(path)) = (method, path) else { continue };
+                if let Some(ctx) = &context {
+                    let key = route_key(ctx, &method, &path);
+                    if let Some(first) = seen.insert(key.clone(), i) {
+                        e.add(at.clone(), format!("duplicate operation: {key} is already defined by spec.operations[{first}]"));
+                    }
+                    route_keys.push(key);
+                }
+                let guarded = !spec.policies.is_empty() || !op.policies.is_empty();
+                operations.push(Operation { method, path, guarded });
+            }
+        }
+    }
+    if !e.0.is_empty() {
+        return Err(e.0);
+    }
+    let (Some(name), Some(display_name), Some(version), Some(context_raw), Some(context), Some(upstream)) =
+        (name, display_name, version, context_raw, context, main)
+    else {
+        e.add("spec", "incomplete definition");
+        return Err(e.0);
+    };
+    Ok(ValidApi {
+        routes: ApiRoutes { id: name.clone(), context, upstream, operations },
+        name,
+        display_name: display_name.to_string(),
+        version: version.to_string(),
+        context_raw: context_raw.to_string(),
+        state,
+        route_keys,
+    })
+}
