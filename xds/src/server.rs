@@ -34,6 +34,31 @@ pub struct XdsMetrics {
     pub acks: AtomicU64,
     /// Responses Envoy rejected.
     pub nacks: AtomicU64,
+    /// Size in bytes of the last route configuration built.
+    pub route_config_bytes: AtomicU64,
+    /// APIs in the last snapshot.
+    pub apis: AtomicU64,
+}
+
+impl XdsMetrics {
+    /// The counters in Prometheus text exposition format.
+    pub fn prometheus(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "# TYPE gateway_xds_snapshots_total counter\ngateway_xds_snapshots_total {}\n\
+             # TYPE gateway_xds_pushes_total counter\ngateway_xds_pushes_total {}\n\
+             # TYPE gateway_xds_acks_total counter\ngateway_xds_acks_total {}\n\
+             # TYPE gateway_xds_nacks_total counter\ngateway_xds_nacks_total {}\n\
+             # TYPE gateway_xds_route_config_bytes gauge\ngateway_xds_route_config_bytes {}\n\
+             # TYPE gateway_xds_apis gauge\ngateway_xds_apis {}\n",
+            get(&self.snapshots),
+            get(&self.pushes),
+            get(&self.acks),
+            get(&self.nacks),
+            get(&self.route_config_bytes),
+            get(&self.apis),
+        )
+    }
 }
 
 /// Errors of the ADS server.
@@ -60,9 +85,11 @@ impl Xds {
         for api in initial {
             translator.apply(Change::Upsert(api));
         }
-        let (snap_tx, snap_rx) = watch::channel(Arc::new(translator.snapshot()));
-        let (tx, rx) = std_mpsc::channel();
         let metrics = Arc::new(XdsMetrics::default());
+        let first = translator.snapshot();
+        record(&metrics, &translator, &first);
+        let (snap_tx, snap_rx) = watch::channel(Arc::new(first));
+        let (tx, rx) = std_mpsc::channel();
         let m = metrics.clone();
         std::thread::Builder::new()
             .name("xds-translator".into())
@@ -104,6 +131,12 @@ impl Xds {
     }
 }
 
+fn record(metrics: &XdsMetrics, translator: &Translator, snap: &Snapshot) {
+    metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+    metrics.route_config_bytes.store(snap.routes.any.value.len() as u64, Ordering::Relaxed);
+    metrics.apis.store(translator.api_count() as u64, Ordering::Relaxed);
+}
+
 fn translate_loop(
     mut translator: Translator,
     rx: std_mpsc::Receiver<Change>,
@@ -122,7 +155,7 @@ fn translate_loop(
         if changed {
             let started = std::time::Instant::now();
             let snap = translator.snapshot();
-            metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+            record(&metrics, &translator, &snap);
             debug!(
                 apis = translator.api_count(),
                 routes_version = %snap.routes.version,

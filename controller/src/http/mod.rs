@@ -67,6 +67,10 @@ async fn health() -> Json<Value> {
     Json(json!({"status": "healthy"}))
 }
 
+async fn metrics(axum::extract::State(st): axum::extract::State<AppState>) -> ([(header::HeaderName, &'static str); 1], String) {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.registry.xds().metrics().prometheus())
+}
+
 async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("No such resource: {}", uri.path()))
 }
@@ -83,7 +87,7 @@ fn management_routes() -> Router<AppState> {
 
 /// The full management router.
 pub fn router(state: AppState) -> Router {
-    let mut app = Router::new().route("/health", get(health));
+    let mut app = Router::new().route("/health", get(health)).route("/metrics", get(metrics));
     for base in BASE_PATHS {
         app = if base.is_empty() { app.merge(management_routes()) } else { app.nest(base, management_routes()) };
     }
