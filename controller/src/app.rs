@@ -22,9 +22,17 @@ use crate::store::Store;
 fn xds_settings(c: &Config, trusted_ca_file: PathBuf) -> XdsSettings {
     let t = &c.router.upstream.timeouts;
     XdsSettings {
-        listener: ListenerSettings { host: c.router.listener_host.clone(), port: c.router.listener_port },
-        routes: RouteSettings { route_timeout: Duration::from_millis(t.route_timeout_ms) },
-        clusters: ClusterSettings { connect_timeout: Duration::from_millis(t.connect_timeout_ms), trusted_ca_file },
+        listener: ListenerSettings {
+            host: c.router.listener_host.clone(),
+            port: c.router.listener_port,
+        },
+        routes: RouteSettings {
+            route_timeout: Duration::from_millis(t.route_timeout_ms),
+        },
+        clusters: ClusterSettings {
+            connect_timeout: Duration::from_millis(t.connect_timeout_ms),
+            trusted_ca_file,
+        },
     }
 }
 
@@ -35,28 +43,50 @@ fn trusted_ca_file(c: &Config) -> anyhow::Result<PathBuf> {
     if tls.ca_file.is_empty() {
         return Ok(PathBuf::from(&tls.system_ca_file));
     }
-    let extra = std::fs::read_to_string(&tls.ca_file).with_context(|| format!("reading router.upstream.tls.ca_file {}", tls.ca_file))?;
+    let extra = std::fs::read_to_string(&tls.ca_file)
+        .with_context(|| format!("reading router.upstream.tls.ca_file {}", tls.ca_file))?;
     let system = std::fs::read_to_string(&tls.system_ca_file).unwrap_or_default();
     let path = c.controller.storage.data_dir.join("upstream-ca-bundle.pem");
-    std::fs::write(&path, format!("{system}\n{extra}\n")).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, format!("{system}\n{extra}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
 async fn bind(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind((host, port)).await.with_context(|| format!("cannot listen for the {what} on {host}:{port}"))
+    TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("cannot listen for the {what} on {host}:{port}"))
 }
 
 /// Runs the gateway until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let data_dir = &config.controller.storage.data_dir;
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let db_path = data_dir.join("gateway.db");
     let store = Store::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
     let sync_enabled = !config.controller.controlplane.host.is_empty();
-    let registry = Arc::new(Registry::open(store, xds_settings(&config, trusted_ca_file(&config)?), sync_enabled)?);
+    let registry = Arc::new(Registry::open(
+        store,
+        xds_settings(&config, trusted_ca_file(&config)?),
+        sync_enabled,
+    )?);
 
-    let xds_listener = bind(&config.controller.xds.host, config.controller.xds.port, "ADS server").await?;
-    let api_listener = bind(&config.controller.server.host, config.controller.server.port, "management API").await?;
+    let xds_listener = bind(
+        &config.controller.xds.host,
+        config.controller.xds.port,
+        "ADS server",
+    )
+    .await?;
+    let api_listener = bind(
+        &config.controller.server.host,
+        config.controller.server.port,
+        "management API",
+    )
+    .await?;
     let xds_addr = xds_listener.local_addr()?;
     info!(address = %api_listener.local_addr()?, "management API listening");
     info!(address = %xds_addr, "ADS server listening");
@@ -74,7 +104,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         async move { xds.serve(xds_listener, stopped(rx)).await }
     });
     let envoy_task = if config.router.managed {
-        Some(tokio::spawn(supervise_envoy(config.clone(), xds_addr, stop_rx.clone())))
+        Some(tokio::spawn(supervise_envoy(
+            config.clone(),
+            xds_addr,
+            stop_rx.clone(),
+        )))
     } else {
         None
     };
@@ -83,7 +117,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         auth: Arc::new(Authenticator::new(&config.controller.auth.basic)),
         max_body: config.controller.server.max_body_bytes,
     };
-    axum::serve(api_listener, router(state)).with_graceful_shutdown(stopped(stop_rx.clone())).await?;
+    axum::serve(api_listener, router(state))
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .await?;
     if let Some(t) = envoy_task {
         let _ = t.await;
     }
@@ -97,7 +133,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 }
 
 fn envoy_command(c: &Config, xds_addr: SocketAddr) -> anyhow::Result<EnvoyCommand> {
-    let explicit = (!c.router.envoy_binary.is_empty()).then(|| PathBuf::from(&c.router.envoy_binary));
+    let explicit =
+        (!c.router.envoy_binary.is_empty()).then(|| PathBuf::from(&c.router.envoy_binary));
     let binary = gateway_envoy::find_binary(explicit.as_deref())?;
     let xds_host = if !c.router.xds_host.is_empty() {
         c.router.xds_host.clone()
@@ -180,7 +217,10 @@ async fn terminate(child: &mut tokio::process::Child) {
             libc::kill(pid as libc::pid_t, libc::SIGTERM);
         }
     }
-    if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
     info!("Envoy stopped");

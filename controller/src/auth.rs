@@ -91,7 +91,10 @@ impl Authenticator {
             .users
             .iter()
             .map(|u| {
-                let secret = if u.password.starts_with("$2a$") || u.password.starts_with("$2b$") || u.password.starts_with("$2y$") {
+                let secret = if u.password.starts_with("$2a$")
+                    || u.password.starts_with("$2b$")
+                    || u.password.starts_with("$2y$")
+                {
                     Secret::Bcrypt(u.password.clone())
                 } else if u.password.starts_with("$argon2id$") {
                     Secret::Argon2(u.password.clone())
@@ -105,14 +108,21 @@ impl Authenticator {
                 }
             })
             .collect();
-        Self { enabled: cfg.enabled, users, verified: Mutex::new(HashMap::new()) }
+        Self {
+            enabled: cfg.enabled,
+            users,
+            verified: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Authenticates an `Authorization` header value. With auth disabled (loopback only) every
     /// caller is an admin.
     pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthError> {
         if !self.enabled {
-            return Ok(Principal { username: "anonymous".into(), roles: vec![Role::Admin] });
+            return Ok(Principal {
+                username: "anonymous".into(),
+                roles: vec![Role::Admin],
+            });
         }
         let header = header.ok_or(AuthError::Missing)?;
         let (scheme, encoded) = header.trim().split_once(' ').ok_or(AuthError::Missing)?;
@@ -124,17 +134,32 @@ impl Authenticator {
             .map_err(|_| AuthError::Invalid)?;
         let text = String::from_utf8(decoded).map_err(|_| AuthError::Invalid)?;
         let (name, password) = text.split_once(':').ok_or(AuthError::Invalid)?;
-        let idx = self.users.iter().position(|u| u.username.eq_ignore_ascii_case(name)).ok_or(AuthError::Invalid)?;
+        let idx = self
+            .users
+            .iter()
+            .position(|u| u.username.eq_ignore_ascii_case(name))
+            .ok_or(AuthError::Invalid)?;
         let user = &self.users[idx];
         let ok = match &user.secret {
-            Secret::Plain(digest) => bool::from(Sha256::digest(password.as_bytes()).as_slice().ct_eq(digest)),
-            Secret::Bcrypt(hash) => self.cached_or(text.as_bytes(), idx, || bcrypt::verify(password, hash).unwrap_or(false)),
+            Secret::Plain(digest) => {
+                bool::from(Sha256::digest(password.as_bytes()).as_slice().ct_eq(digest))
+            }
+            Secret::Bcrypt(hash) => self.cached_or(text.as_bytes(), idx, || {
+                bcrypt::verify(password, hash).unwrap_or(false)
+            }),
             Secret::Argon2(hash) => self.cached_or(text.as_bytes(), idx, || {
-                PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+                PasswordHash::new(hash).is_ok_and(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
             }),
         };
         if ok {
-            Ok(Principal { username: user.username.clone(), roles: user.roles.clone() })
+            Ok(Principal {
+                username: user.username.clone(),
+                roles: user.roles.clone(),
+            })
         } else {
             Err(AuthError::Invalid)
         }
@@ -142,19 +167,17 @@ impl Authenticator {
 
     fn cached_or(&self, credentials: &[u8], user: usize, verify: impl FnOnce() -> bool) -> bool {
         let key: [u8; 32] = Sha256::digest(credentials).into();
-        if let Ok(cache) = self.verified.lock() {
-            if cache.get(&key) == Some(&user) {
-                return true;
-            }
+        if let Ok(cache) = self.verified.lock()
+            && cache.get(&key) == Some(&user)
+        {
+            return true;
         }
         let ok = verify();
-        if ok {
-            if let Ok(mut cache) = self.verified.lock() {
-                if cache.len() >= VERIFIED_CACHE_LIMIT {
-                    cache.clear();
-                }
-                cache.insert(key, user);
+        if ok && let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= VERIFIED_CACHE_LIMIT {
+                cache.clear();
             }
+            cache.insert(key, user);
         }
         ok
     }
@@ -166,7 +189,10 @@ mod tests {
     use crate::config::UserConfig;
 
     fn basic(user: &str, pass: &str) -> String {
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+        )
     }
 
     fn auth(password: &str, roles: &[&str]) -> Authenticator {
@@ -183,9 +209,20 @@ mod tests {
     #[test]
     fn plaintext_passwords() {
         let a = auth("admin", &["admin"]);
-        assert_eq!(a.authenticate(Some("Basic YWRtaW46YWRtaW4=")).unwrap().roles, vec![Role::Admin]);
-        assert_eq!(a.authenticate(Some(&basic("admin", "wrong"))), Err(AuthError::Invalid));
-        assert_eq!(a.authenticate(Some(&basic("nobody", "admin"))), Err(AuthError::Invalid));
+        assert_eq!(
+            a.authenticate(Some("Basic YWRtaW46YWRtaW4="))
+                .unwrap()
+                .roles,
+            vec![Role::Admin]
+        );
+        assert_eq!(
+            a.authenticate(Some(&basic("admin", "wrong"))),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            a.authenticate(Some(&basic("nobody", "admin"))),
+            Err(AuthError::Invalid)
+        );
         assert_eq!(a.authenticate(None), Err(AuthError::Missing));
         assert_eq!(a.authenticate(Some("Bearer x")), Err(AuthError::Missing));
         assert_eq!(a.authenticate(Some("Basic !!!")), Err(AuthError::Invalid));
@@ -196,15 +233,27 @@ mod tests {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
         let a = auth(&hash, &["developer"]);
         assert!(a.authenticate(Some(&basic("admin", "s3cret"))).is_ok());
-        assert!(a.authenticate(Some(&basic("admin", "s3cret"))).is_ok(), "cached path");
-        assert_eq!(a.authenticate(Some(&basic("admin", "nope"))), Err(AuthError::Invalid));
+        assert!(
+            a.authenticate(Some(&basic("admin", "s3cret"))).is_ok(),
+            "cached path"
+        );
+        assert_eq!(
+            a.authenticate(Some(&basic("admin", "nope"))),
+            Err(AuthError::Invalid)
+        );
 
         use argon2::password_hash::{PasswordHasher, SaltString};
         let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
-        let hash = Argon2::default().hash_password(b"pw", &salt).unwrap().to_string();
+        let hash = Argon2::default()
+            .hash_password(b"pw", &salt)
+            .unwrap()
+            .to_string();
         let a = auth(&hash, &["consumer"]);
         let p = a.authenticate(Some(&basic("admin", "pw"))).unwrap();
         assert!(p.has_any(&[Role::Consumer]) && !p.has_any(&[Role::Admin, Role::Developer]));
-        assert_eq!(a.authenticate(Some(&basic("admin", "px"))), Err(AuthError::Invalid));
+        assert_eq!(
+            a.authenticate(Some(&basic("admin", "px"))),
+            Err(AuthError::Invalid)
+        );
     }
 }

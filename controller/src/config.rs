@@ -53,7 +53,12 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { gateway_id: "gateway-1".into(), host: "127.0.0.1".into(), port: 9090, max_body_bytes: 1 << 20 }
+        Self {
+            gateway_id: "gateway-1".into(),
+            host: "127.0.0.1".into(),
+            port: 9090,
+            max_body_bytes: 1 << 20,
+        }
     }
 }
 
@@ -69,7 +74,10 @@ pub struct BindConfig {
 
 impl Default for BindConfig {
     fn default() -> Self {
-        Self { host: "127.0.0.1".into(), port: 18000 }
+        Self {
+            host: "127.0.0.1".into(),
+            port: 18000,
+        }
     }
 }
 
@@ -83,7 +91,9 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("./data") }
+        Self {
+            data_dir: PathBuf::from("./data"),
+        }
     }
 }
 
@@ -99,7 +109,10 @@ pub struct LoggingConfig {
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self { level: "info".into(), format: "text".into() }
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 
@@ -145,7 +158,10 @@ pub struct BasicAuthConfig {
 
 impl Default for BasicAuthConfig {
     fn default() -> Self {
-        Self { enabled: true, users: Vec::new() }
+        Self {
+            enabled: true,
+            users: Vec::new(),
+        }
     }
 }
 
@@ -223,7 +239,10 @@ pub struct UpstreamTlsConfig {
 
 impl Default for UpstreamTlsConfig {
     fn default() -> Self {
-        Self { ca_file: String::new(), system_ca_file: "/etc/ssl/certs/ca-certificates.crt".into() }
+        Self {
+            ca_file: String::new(),
+            system_ca_file: "/etc/ssl/certs/ca-certificates.crt".into(),
+        }
     }
 }
 
@@ -239,7 +258,10 @@ pub struct UpstreamTimeouts {
 
 impl Default for UpstreamTimeouts {
     fn default() -> Self {
-        Self { route_timeout_ms: 60_000, connect_timeout_ms: 5_000 }
+        Self {
+            route_timeout_ms: 60_000,
+            connect_timeout_ms: 5_000,
+        }
     }
 }
 
@@ -273,25 +295,33 @@ pub struct Loaded {
 
 /// Which config file to read: `--config`, else `$APIP_GW_CONFIG`, else `./config.toml` if present.
 pub fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
-    flag.or_else(|| std::env::var_os("APIP_GW_CONFIG").map(PathBuf::from)).or_else(|| {
-        let p = PathBuf::from("config.toml");
-        p.is_file().then_some(p)
-    })
+    flag.or_else(|| std::env::var_os("APIP_GW_CONFIG").map(PathBuf::from))
+        .or_else(|| {
+            let p = PathBuf::from("config.toml");
+            p.is_file().then_some(p)
+        })
 }
 
 /// Loads defaults, the file (if any) and the process environment, then validates.
 pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
     let text = match path {
-        Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?,
+        Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+            path: p.to_path_buf(),
+            source,
+        })?,
         None => String::new(),
     };
     load_from(&text, std::env::vars())
 }
 
 /// Loads from TOML text and an explicit environment (testable without touching the process).
-pub fn load_from(text: &str, env: impl Iterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
+pub fn load_from(
+    text: &str,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<Loaded, ConfigError> {
     let mut warnings = Vec::new();
-    let mut root = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    let mut root =
+        toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse(e.to_string()))?;
     let file: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
     merge(&mut root, file);
     let mut env: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
@@ -332,7 +362,10 @@ fn apply_env(root: &mut toml::Table, key: &str, value: &str) -> Result<(), Strin
     let segments: Vec<String> = if rest == "LOG_LEVEL" {
         vec!["controller".into(), "logging".into(), "level".into()]
     } else {
-        rest.to_lowercase().split("__").map(str::to_string).collect()
+        rest.to_lowercase()
+            .split("__")
+            .map(str::to_string)
+            .collect()
     };
     let mut table = root;
     let mut i = 0;
@@ -343,13 +376,19 @@ fn apply_env(root: &mut toml::Table, key: &str, value: &str) -> Result<(), Strin
         }
         match table.get_mut(&segments[i]) {
             Some(toml::Value::Table(t)) => table = t,
-            _ => return Err(format!("environment variable {key} does not name a config key; ignored")),
+            _ => {
+                return Err(format!(
+                    "environment variable {key} does not name a config key; ignored"
+                ));
+            }
         }
         i += 1;
     }
     let leaf = segments[i..].join("_");
     let Some(existing) = table.get(&leaf) else {
-        return Err(format!("environment variable {key} does not name a config key; ignored"));
+        return Err(format!(
+            "environment variable {key} does not name a config key; ignored"
+        ));
     };
     let parsed = match existing {
         toml::Value::String(_) => toml::Value::String(value.to_string()),
@@ -361,13 +400,21 @@ fn apply_env(root: &mut toml::Table, key: &str, value: &str) -> Result<(), Strin
         toml::Value::Boolean(_) => match value.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" => toml::Value::Boolean(true),
             "false" | "0" | "no" => toml::Value::Boolean(false),
-            _ => return Err(format!("environment variable {key}: expected true or false")),
+            _ => {
+                return Err(format!(
+                    "environment variable {key}: expected true or false"
+                ));
+            }
         },
         toml::Value::Array(_) => toml::from_str::<toml::Table>(&format!("v = {value}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
             .ok_or_else(|| format!("environment variable {key}: expected a TOML array"))?,
-        _ => return Err(format!("environment variable {key} names a table, not a value; ignored")),
+        _ => {
+            return Err(format!(
+                "environment variable {key} names a table, not a value; ignored"
+            ));
+        }
     };
     table.insert(leaf, parsed);
     Ok(())
@@ -375,7 +422,8 @@ fn apply_env(root: &mut toml::Table, key: &str, value: &str) -> Result<(), Strin
 
 /// Whether a bind address only accepts connections from this machine.
 pub fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 const ROLES: [&str; 3] = ["admin", "developer", "consumer"];
@@ -386,7 +434,9 @@ const LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 pub fn validate(c: &Config) -> Result<(), ConfigError> {
     let bad = |m: String| Err(ConfigError::Invalid(m));
     if !LEVELS.contains(&c.controller.logging.level.to_ascii_lowercase().as_str()) {
-        return bad(format!("controller.logging.level must be one of {LEVELS:?}"));
+        return bad(format!(
+            "controller.logging.level must be one of {LEVELS:?}"
+        ));
     }
     if !["text", "json"].contains(&c.controller.logging.format.as_str()) {
         return bad("controller.logging.format must be 'text' or 'json'".into());
@@ -408,13 +458,20 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
     }
     for (i, u) in basic.users.iter().enumerate() {
         if u.username.trim().is_empty() || u.password.is_empty() {
-            return bad(format!("controller.auth.basic.users[{i}] needs a username and a password"));
+            return bad(format!(
+                "controller.auth.basic.users[{i}] needs a username and a password"
+            ));
         }
         if u.roles.is_empty() {
-            return bad(format!("controller.auth.basic.users[{i}] ('{}') has no roles", u.username));
+            return bad(format!(
+                "controller.auth.basic.users[{i}] ('{}') has no roles",
+                u.username
+            ));
         }
         if let Some(r) = u.roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
-            return bad(format!("controller.auth.basic.users[{i}] has unknown role '{r}' (use {ROLES:?})"));
+            return bad(format!(
+                "controller.auth.basic.users[{i}] has unknown role '{r}' (use {ROLES:?})"
+            ));
         }
         if basic.enabled && exposed && u.password == "admin" {
             return bad(format!(
@@ -434,7 +491,9 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
             return bad(format!("{name} must not be 0"));
         }
     }
-    if c.router.upstream.timeouts.connect_timeout_ms == 0 || c.router.upstream.timeouts.route_timeout_ms == 0 {
+    if c.router.upstream.timeouts.connect_timeout_ms == 0
+        || c.router.upstream.timeouts.route_timeout_ms == 0
+    {
         return bad("router.upstream.timeouts must be positive".into());
     }
     Ok(())
@@ -464,7 +523,11 @@ roles = ["admin"]
 "#;
 
     fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>().into_iter()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     #[test]
@@ -485,10 +548,19 @@ roles = ["admin"]
             BASE,
             env(&[
                 ("APIP_GW_CONTROLLER__CONTROLPLANE__HOST", "127.0.0.1:9443"),
-                ("APIP_GW_CONTROLLER__CONTROLPLANE__APIM_OAUTH2__CLIENT_ID", "cid"),
-                ("APIP_GW_CONTROLLER__CONTROLPLANE__APIM_OAUTH2__CLIENT_SECRET", "secret"),
+                (
+                    "APIP_GW_CONTROLLER__CONTROLPLANE__APIM_OAUTH2__CLIENT_ID",
+                    "cid",
+                ),
+                (
+                    "APIP_GW_CONTROLLER__CONTROLPLANE__APIM_OAUTH2__CLIENT_SECRET",
+                    "secret",
+                ),
                 ("APIP_GW_CONTROLLER__SERVER__PORT", "9191"),
-                ("APIP_GW_CONTROLLER__CONTROLPLANE__INSECURE_SKIP_VERIFY", "false"),
+                (
+                    "APIP_GW_CONTROLLER__CONTROLPLANE__INSECURE_SKIP_VERIFY",
+                    "false",
+                ),
                 ("APIP_GW_LOG_LEVEL", "debug"),
                 ("APIP_GW_CONFIG", "/ignored.toml"),
                 ("OTHER", "x"),
@@ -521,11 +593,16 @@ roles = ["admin"]
     #[test]
     fn unknown_keys_and_variables_warn() {
         let l = load_from(
-            &format!("{BASE}
+            &format!(
+                "{BASE}
 [controller.nonsense]
 x = 1
-"),
-            env(&[("APIP_GW_CONTROLLER__NOPE", "1"), ("APIP_GW_CONTROLLER__SERVER__PORT", "abc")]),
+"
+            ),
+            env(&[
+                ("APIP_GW_CONTROLLER__NOPE", "1"),
+                ("APIP_GW_CONTROLLER__SERVER__PORT", "abc"),
+            ]),
         )
         .unwrap();
         assert_eq!(l.warnings.len(), 3, "{:?}", l.warnings);
@@ -535,7 +612,10 @@ x = 1
     fn bad_values_are_errors() {
         assert!(load_from("[controller.server]\nport = \"x\"\n", env(&[])).is_err());
         assert!(load_from("not toml [", env(&[])).is_err());
-        assert!(load_from("", env(&[])).is_err(), "auth enabled without users");
+        assert!(
+            load_from("", env(&[])).is_err(),
+            "auth enabled without users"
+        );
     }
 
     #[test]
@@ -543,11 +623,18 @@ x = 1
         let exposed = env(&[("APIP_GW_CONTROLLER__SERVER__HOST", "0.0.0.0")]);
         let err = load_from(BASE, exposed).unwrap_err().to_string();
         assert!(err.contains("example password"), "{err}");
-        let no_auth = "[controller.server]\nhost = \"0.0.0.0\"\n[controller.auth.basic]\nenabled = false\n";
+        let no_auth =
+            "[controller.server]\nhost = \"0.0.0.0\"\n[controller.auth.basic]\nenabled = false\n";
         assert!(load_from(no_auth, env(&[])).is_err());
         let local_no_auth = "[controller.auth.basic]\nenabled = false\n";
         assert!(load_from(local_no_auth, env(&[])).is_ok());
         let strong = BASE.replace("password = \"admin\"", "password = \"a-long-secret\"");
-        assert!(load_from(&strong, env(&[("APIP_GW_CONTROLLER__SERVER__HOST", "0.0.0.0")])).is_ok());
+        assert!(
+            load_from(
+                &strong,
+                env(&[("APIP_GW_CONTROLLER__SERVER__HOST", "0.0.0.0")])
+            )
+            .is_ok()
+        );
     }
 }

@@ -11,7 +11,10 @@ use tracing_subscriber::EnvFilter;
 
 /// Command-line arguments.
 #[derive(Parser)]
-#[command(version, about = "API gateway controller: management API on :9090, Envoy router on :8080")]
+#[command(
+    version,
+    about = "API gateway controller: management API on :9090, Envoy router on :8080"
+)]
 struct Args {
     /// Config file (default: $APIP_GW_CONFIG, else ./config.toml if present, else built-in defaults).
     #[arg(long)]
@@ -50,9 +53,14 @@ fn main() -> ExitCode {
         }
     };
     let cfg = loaded.config;
-    let filter = EnvFilter::try_new(format!("{},h2=warn,hyper=warn,tower=warn", cfg.controller.logging.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let filter = EnvFilter::try_new(format!(
+        "{},h2=warn,hyper=warn,tower=warn",
+        cfg.controller.logging.level
+    ))
+    .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     if cfg.controller.logging.format == "json" {
         builder.json().init();
     } else {
@@ -65,7 +73,10 @@ fn main() -> ExitCode {
     for w in &loaded.warnings {
         warn!("{w}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             error!(error = %e, "cannot start the async runtime");

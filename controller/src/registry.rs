@@ -78,7 +78,9 @@ impl State {
 
     fn check_conflicts(&self, v: &ValidApi, own_uuid: Option<&str>) -> Result<(), RegistryError> {
         if let Some(other) = self.apis.values().find(|e| {
-            Some(e.row.uuid.as_str()) != own_uuid && e.row.display_name == v.display_name && e.row.version == v.version
+            Some(e.row.uuid.as_str()) != own_uuid
+                && e.row.display_name == v.display_name
+                && e.row.version == v.version
         }) {
             return Err(RegistryError::Conflict(format!(
                 "configuration already exists: API '{}' already has displayName '{}' and version '{}'",
@@ -88,7 +90,9 @@ impl State {
         if v.state == DesiredState::Deployed {
             for k in &v.route_keys {
                 if let Some(owner) = self.routes.get(k).filter(|h| **h != v.name) {
-                    return Err(RegistryError::Conflict(format!("{k} is already served by deployed API '{owner}'")));
+                    return Err(RegistryError::Conflict(format!(
+                        "{k} is already served by deployed API '{owner}'"
+                    )));
                 }
             }
         }
@@ -116,13 +120,24 @@ pub struct Registry {
 impl Registry {
     /// Loads every stored API, starts the router translation with the deployed ones, and returns
     /// the registry. `sync_enabled` says whether a control plane is configured.
-    pub fn open(store: Store, settings: XdsSettings, sync_enabled: bool) -> Result<Self, StoreError> {
-        let mut state = State { store, apis: HashMap::new(), routes: HashMap::new() };
+    pub fn open(
+        store: Store,
+        settings: XdsSettings,
+        sync_enabled: bool,
+    ) -> Result<Self, StoreError> {
+        let mut state = State {
+            store,
+            apis: HashMap::new(),
+            routes: HashMap::new(),
+        };
         let mut initial = Vec::new();
         for row in state.store.all()? {
             let valid = revalidate(&row);
             if valid.is_none() {
-                error!(api = row.handle, "stored definition no longer validates; kept but not routed");
+                error!(
+                    api = row.handle,
+                    "stored definition no longer validates; kept but not routed"
+                );
             }
             let entry = ApiEntry { row, valid };
             if let (true, Some(v)) = (entry.deployed(), &entry.valid) {
@@ -132,7 +147,11 @@ impl Registry {
             state.apis.insert(entry.row.handle.clone(), Arc::new(entry));
         }
         let xds = Xds::start(settings, initial);
-        Ok(Self { state: Mutex::new(state), xds, sync_enabled })
+        Ok(Self {
+            state: Mutex::new(state),
+            xds,
+            sync_enabled,
+        })
     }
 
     /// The router translation this registry feeds.
@@ -179,7 +198,10 @@ impl Registry {
             cp_sync_error: None,
         };
         st.store.insert(&row)?;
-        let entry = Arc::new(ApiEntry { row, valid: Some(v) });
+        let entry = Arc::new(ApiEntry {
+            row,
+            valid: Some(v),
+        });
         st.index(&entry);
         st.apis.insert(entry.row.handle.clone(), entry.clone());
         self.publish(&entry);
@@ -189,11 +211,9 @@ impl Registry {
     /// Replaces the definition of API `id` (which `v` already names).
     pub fn update(&self, v: ValidApi, definition: String) -> Result<Arc<ApiEntry>, RegistryError> {
         let mut st = self.lock()?;
-        let old = st
-            .apis
-            .get(&v.name)
-            .cloned()
-            .ok_or_else(|| RegistryError::NotFound(format!("RestAPI with handle '{}' not found", v.name)))?;
+        let old = st.apis.get(&v.name).cloned().ok_or_else(|| {
+            RegistryError::NotFound(format!("RestAPI with handle '{}' not found", v.name))
+        })?;
         st.check_conflicts(&v, Some(&old.row.uuid))?;
         let ts = now();
         let deployed = v.state == DesiredState::Deployed;
@@ -210,7 +230,10 @@ impl Registry {
             ..old.row.clone()
         };
         st.store.update(&row)?;
-        let entry = Arc::new(ApiEntry { row, valid: Some(v) });
+        let entry = Arc::new(ApiEntry {
+            row,
+            valid: Some(v),
+        });
         st.unindex(&old);
         st.index(&entry);
         st.apis.insert(entry.row.handle.clone(), entry.clone());
@@ -221,11 +244,9 @@ impl Registry {
     /// Deletes API `id`.
     pub fn delete(&self, id: &str) -> Result<(), RegistryError> {
         let mut st = self.lock()?;
-        let old = st
-            .apis
-            .get(id)
-            .cloned()
-            .ok_or_else(|| RegistryError::NotFound(format!("RestAPI with handle '{id}' not found")))?;
+        let old = st.apis.get(id).cloned().ok_or_else(|| {
+            RegistryError::NotFound(format!("RestAPI with handle '{id}' not found"))
+        })?;
         if !st.store.delete(&old.row.uuid)? {
             warn!(api = id, "row already gone from the database");
         }

@@ -13,7 +13,9 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// The database was written by a newer gateway.
-    #[error("database schema version {0} is newer than this gateway supports ({1}); upgrade the gateway")]
+    #[error(
+        "database schema version {0} is newer than this gateway supports ({1}); upgrade the gateway"
+    )]
     TooNew(i64, i64),
 }
 
@@ -123,7 +125,9 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let current: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let current: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
         let latest = MIGRATIONS.len() as i64;
         if current > latest {
             return Err(StoreError::TooNew(current, latest));
@@ -139,7 +143,9 @@ impl Store {
 
     /// The schema version in use.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
     /// Inserts a new API.
@@ -184,14 +190,22 @@ impl Store {
     pub fn get(&self, kind: &str, handle: &str) -> Result<Option<ApiRow>, StoreError> {
         Ok(self
             .conn
-            .query_row(&format!("SELECT {COLUMNS} FROM apis WHERE kind = ?1 AND handle = ?2"), params![kind, handle], from_row)
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM apis WHERE kind = ?1 AND handle = ?2"),
+                params![kind, handle],
+                from_row,
+            )
             .optional()?)
     }
 
     /// Every stored API, oldest first.
     pub fn all(&self) -> Result<Vec<ApiRow>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!("SELECT {COLUMNS} FROM apis ORDER BY created_at, uuid"))?;
-        let rows = stmt.query_map([], from_row)?.collect::<Result<Vec<_>, _>>()?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM apis ORDER BY created_at, uuid"
+        ))?;
+        let rows = stmt
+            .query_map([], from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 }
@@ -225,7 +239,10 @@ mod tests {
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         s.insert(&row("1", "a")).unwrap();
         s.insert(&row("2", "b")).unwrap();
-        assert!(s.insert(&row("3", "a")).is_err(), "handle is unique per kind");
+        assert!(
+            s.insert(&row("3", "a")).is_err(),
+            "handle is unique per kind"
+        );
         let mut a = s.get("RestApi", "a").unwrap().unwrap();
         a.desired_state = "undeployed".into();
         a.deployed_at = None;

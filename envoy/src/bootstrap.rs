@@ -22,7 +22,11 @@ pub struct BootstrapSettings {
 
 /// Renders the bootstrap as JSON (which Envoy reads as YAML).
 pub fn render(s: &BootstrapSettings) -> Value {
-    let discovery = if s.xds_host.parse::<IpAddr>().is_ok() { "STATIC" } else { "STRICT_DNS" };
+    let discovery = if s.xds_host.parse::<IpAddr>().is_ok() {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
     json!({
         "node": {"id": s.node_id, "cluster": "gateway"},
         "admin": {"address": {"socket_address": {"address": s.admin_host, "port_value": s.admin_port}}},
@@ -82,15 +86,26 @@ mod tests {
         let b = render(&settings("127.0.0.1"));
         let c = &b["static_resources"]["clusters"][0];
         assert_eq!(c["type"], "STATIC");
-        assert!(c["typed_extension_protocol_options"].to_string().contains("http2_protocol_options"));
-        let addr = &c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
+        assert!(
+            c["typed_extension_protocol_options"]
+                .to_string()
+                .contains("http2_protocol_options")
+        );
+        let addr = &c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"];
         assert_eq!(addr["port_value"], 18000);
-        assert_eq!(b["admin"]["address"]["socket_address"]["address"], "127.0.0.1");
+        assert_eq!(
+            b["admin"]["address"]["socket_address"]["address"],
+            "127.0.0.1"
+        );
         assert_eq!(b["dynamic_resources"]["cds_config"]["ads"], json!({}));
     }
 
     #[test]
     fn dns_names_use_strict_dns() {
-        assert_eq!(render(&settings("controller"))["static_resources"]["clusters"][0]["type"], "STRICT_DNS");
+        assert_eq!(
+            render(&settings("controller"))["static_resources"]["clusters"][0]["type"],
+            "STRICT_DNS"
+        );
     }
 }

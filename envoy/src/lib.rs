@@ -7,7 +7,10 @@ pub use bootstrap::{BootstrapSettings, render};
 pub use process::{EnvoyCommand, EnvoyError, find_binary};
 
 /// Writes the bootstrap for `settings` to `path` (creating parent directories).
-pub fn write_bootstrap(path: &std::path::Path, settings: &BootstrapSettings) -> Result<(), EnvoyError> {
+pub fn write_bootstrap(
+    path: &std::path::Path,
+    settings: &BootstrapSettings,
+) -> Result<(), EnvoyError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

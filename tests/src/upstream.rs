@@ -19,11 +19,23 @@ pub struct EchoUpstream {
 async fn echo(req: Request<Body>) -> Response {
     let mut headers = Map::new();
     for (k, v) in req.headers() {
-        headers.insert(k.as_str().to_string(), Value::String(v.to_str().unwrap_or("").to_string()));
+        headers.insert(
+            k.as_str().to_string(),
+            Value::String(v.to_str().unwrap_or("").to_string()),
+        );
     }
-    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
     let body = json!({"method": req.method().as_str(), "path": path, "headers": headers});
-    (StatusCode::OK, [("content-type", "application/json")], body.to_string()).into_response()
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 impl EchoUpstream {

@@ -13,12 +13,22 @@ async fn restart_restores_every_api_and_state() -> anyhow::Result<()> {
     let up = EchoUpstream::start().await?;
     let mut gw = Gateway::start("restart").await?;
     for i in 0..5 {
-        let api = rest_api(&format!("api{i}"), &format!("/api{i}"), &up.url("/base"), &[("GET", "/x/{id}")]);
+        let api = rest_api(
+            &format!("api{i}"),
+            &format!("/api{i}"),
+            &up.url("/base"),
+            &[("GET", "/x/{id}")],
+        );
         assert_eq!(gw.create_api(&api).await?.0, 201);
     }
     let mut undeployed = rest_api("api2", "/api2", &up.url("/base"), &[("GET", "/x/{id}")]);
     undeployed["spec"]["desiredState"] = json!("undeployed");
-    assert_eq!(gw.send_json(Method::PUT, "/rest-apis/api2", &undeployed).await?.0, 200);
+    assert_eq!(
+        gw.send_json(Method::PUT, "/rest-apis/api2", &undeployed)
+            .await?
+            .0,
+        200
+    );
     let (_, before) = gw.get_json("/rest-apis/api1").await?;
 
     gw.stop_controller().await?;
@@ -31,8 +41,15 @@ async fn restart_restores_every_api_and_state() -> anyhow::Result<()> {
     for i in [0, 1, 3, 4] {
         gw.wait_route_status(&format!("/api{i}/x/1"), 200).await?;
     }
-    assert_eq!(gw.route(Method::GET, "/api2/x/1").await?.0, 404, "undeployed stays undeployed");
-    assert_eq!(gw.get_json("/rest-apis/api2").await?.1["desiredState"], "undeployed");
+    assert_eq!(
+        gw.route(Method::GET, "/api2/x/1").await?.0,
+        404,
+        "undeployed stays undeployed"
+    );
+    assert_eq!(
+        gw.get_json("/rest-apis/api2").await?.1["desiredState"],
+        "undeployed"
+    );
     Ok(())
 }
 
@@ -47,7 +64,13 @@ async fn kill_9_during_creates_loses_nothing_acknowledged() -> anyhow::Result<()
     let url = gw.mgmt_url("/rest-apis");
     let mut writers = Vec::new();
     for _ in 0..4 {
-        let (acked, next, client, url, upstream) = (acked.clone(), next.clone(), client.clone(), url.clone(), upstream.clone());
+        let (acked, next, client, url, upstream) = (
+            acked.clone(),
+            next.clone(),
+            client.clone(),
+            url.clone(),
+            upstream.clone(),
+        );
         writers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -61,7 +84,9 @@ async fn kill_9_during_creates_loses_nothing_acknowledged() -> anyhow::Result<()
                     .send()
                     .await;
                 match r {
-                    Ok(r) if r.status() == 201 => acked.lock().map(|mut a| a.push(name)).unwrap_or(()),
+                    Ok(r) if r.status() == 201 => {
+                        acked.lock().map(|mut a| a.push(name)).unwrap_or(())
+                    }
                     Ok(r) => panic!("unexpected status {}", r.status()),
                     Err(_) => return,
                 }
@@ -82,10 +107,17 @@ async fn kill_9_during_creates_loses_nothing_acknowledged() -> anyhow::Result<()
     let (_, list) = gw.get_json("/rest-apis").await?;
     let stored: std::collections::HashSet<String> = list["apis"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v["metadata"]["name"].as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v["metadata"]["name"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     for name in &acked {
-        assert!(stored.contains(name), "{name} was acknowledged with 201 but lost");
+        assert!(
+            stored.contains(name),
+            "{name} was acknowledged with 201 but lost"
+        );
     }
     // Every stored API (acknowledged or not) is whole and routable.
     for name in stored.iter().take(20) {
@@ -98,15 +130,30 @@ async fn kill_9_during_creates_loses_nothing_acknowledged() -> anyhow::Result<()
 async fn changes_to_other_apis_never_fail_live_traffic() -> anyhow::Result<()> {
     let up = EchoUpstream::start().await?;
     let gw = Gateway::start("live").await?;
-    assert_eq!(gw.create_api(&rest_api("steady", "/steady", &up.url(""), &[("GET", "/ping")])).await?.0, 201);
+    assert_eq!(
+        gw.create_api(&rest_api(
+            "steady",
+            "/steady",
+            &up.url(""),
+            &[("GET", "/ping")]
+        ))
+        .await?
+        .0,
+        201
+    );
     gw.wait_route_status("/steady/ping", 200).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut loaders = Vec::new();
     for _ in 0..4 {
-        let (stop, ok, failed, client, url) =
-            (stop.clone(), ok.clone(), failed.clone(), gw.client().clone(), gw.router_url("/steady/ping"));
+        let (stop, ok, failed, client, url) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            gw.client().clone(),
+            gw.router_url("/steady/ping"),
+        );
         loaders.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match client.get(&url).send().await {
@@ -120,12 +167,33 @@ async fn changes_to_other_apis_never_fail_live_traffic() -> anyhow::Result<()> {
     let other = EchoUpstream::start().await?;
     for i in 0..30 {
         let name = format!("churn{i}");
-        let api = rest_api(&name, &format!("/churn{i}"), &up.url(""), &[("GET", "/a"), ("POST", "/b/{x}")]);
+        let api = rest_api(
+            &name,
+            &format!("/churn{i}"),
+            &up.url(""),
+            &[("GET", "/a"), ("POST", "/b/{x}")],
+        );
         assert_eq!(gw.create_api(&api).await?.0, 201);
-        let moved = rest_api(&name, &format!("/churn{i}"), &other.url("/v2"), &[("GET", "/a")]);
-        assert_eq!(gw.send_json(Method::PUT, &format!("/rest-apis/{name}"), &moved).await?.0, 200);
+        let moved = rest_api(
+            &name,
+            &format!("/churn{i}"),
+            &other.url("/v2"),
+            &[("GET", "/a")],
+        );
+        assert_eq!(
+            gw.send_json(Method::PUT, &format!("/rest-apis/{name}"), &moved)
+                .await?
+                .0,
+            200
+        );
         if i % 3 == 0 {
-            assert_eq!(gw.mgmt(Method::DELETE, &format!("/rest-apis/{name}")).send().await?.status(), 200);
+            assert_eq!(
+                gw.mgmt(Method::DELETE, &format!("/rest-apis/{name}"))
+                    .send()
+                    .await?
+                    .status(),
+                200
+            );
         }
     }
     gw.wait_route_status("/churn29/a", 200).await?;
@@ -134,8 +202,18 @@ async fn changes_to_other_apis_never_fail_live_traffic() -> anyhow::Result<()> {
         l.await?;
     }
     assert!(ok.load(Ordering::Relaxed) > 0);
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests to an untouched API failed during changes");
-    let metrics = gw.client().get(gw.mgmt_url("/metrics")).send().await?.text().await?;
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests to an untouched API failed during changes"
+    );
+    let metrics = gw
+        .client()
+        .get(gw.mgmt_url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     assert!(metrics.contains("gateway_xds_nacks_total 0"), "{metrics}");
     Ok(())
 }
@@ -146,13 +224,31 @@ async fn envoy_keeps_serving_while_the_controller_restarts() -> anyhow::Result<(
     let mut cfg = GatewayConfig::new("external-envoy");
     cfg.managed_envoy = false;
     let mut gw = Gateway::start_with(cfg).await?;
-    assert_eq!(gw.create_api(&rest_api("kept", "/kept", &up.url(""), &[("GET", "/x")])).await?.0, 201);
+    assert_eq!(
+        gw.create_api(&rest_api("kept", "/kept", &up.url(""), &[("GET", "/x")]))
+            .await?
+            .0,
+        201
+    );
     gw.wait_route_status("/kept/x", 200).await?;
     gw.kill_controller().await?;
-    assert_eq!(gw.route(Method::GET, "/kept/x").await?.0, 200, "the data plane outlives the controller");
+    assert_eq!(
+        gw.route(Method::GET, "/kept/x").await?.0,
+        200,
+        "the data plane outlives the controller"
+    );
     gw.start_controller().await?;
-    assert_eq!(gw.create_api(&rest_api("added", "/added", &up.url(""), &[("GET", "/y")])).await?.0, 201);
+    assert_eq!(
+        gw.create_api(&rest_api("added", "/added", &up.url(""), &[("GET", "/y")]))
+            .await?
+            .0,
+        201
+    );
     gw.wait_route_status("/added/y", 200).await?;
-    assert_eq!(gw.route(Method::GET, "/kept/x").await?.0, 200, "restored config still served");
+    assert_eq!(
+        gw.route(Method::GET, "/kept/x").await?.0,
+        200,
+        "restored config still served"
+    );
     Ok(())
 }

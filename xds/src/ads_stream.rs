@@ -99,7 +99,9 @@ impl StreamState {
 
     /// Records a request from Envoy and says what it meant.
     pub fn on_request(&mut self, req: &DiscoveryRequest) -> Event {
-        let Some(kind) = Kind::from_url(&req.type_url) else { return Event::Unknown(req.type_url.clone()) };
+        let Some(kind) = Kind::from_url(&req.type_url) else {
+            return Event::Unknown(req.type_url.clone());
+        };
         let st = self.state(kind);
         if req.response_nonce.is_empty() {
             st.subscribed = true;
@@ -129,7 +131,12 @@ impl StreamState {
         Event::Ack(kind, sent)
     }
 
-    fn response(&mut self, kind: Kind, version: String, resources: Vec<Resource>) -> DiscoveryResponse {
+    fn response(
+        &mut self,
+        kind: Kind,
+        version: String,
+        resources: Vec<Resource>,
+    ) -> DiscoveryResponse {
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         let st = self.state(kind);
@@ -166,15 +173,24 @@ impl StreamState {
             && !self.lds.pending
             && self.lds.sent_version.as_deref() != Some(snap.listener.version.as_str())
         {
-            out.push(self.response(Kind::Listener, snap.listener.version.clone(), vec![snap.listener.clone()]));
+            out.push(self.response(
+                Kind::Listener,
+                snap.listener.version.clone(),
+                vec![snap.listener.clone()],
+            ));
         }
-        let wants_routes = self.rds.names.is_empty() || self.rds.names.iter().any(|n| n == ROUTE_CONFIG_NAME);
+        let wants_routes =
+            self.rds.names.is_empty() || self.rds.names.iter().any(|n| n == ROUTE_CONFIG_NAME);
         if self.rds.subscribed
             && !self.rds.pending
             && self.rds.sent_version.as_deref() != Some(snap.routes.version.as_str())
             && snap.route_clusters.is_subset(&self.cds_acked)
         {
-            let resources = if wants_routes { vec![snap.routes.clone()] } else { Vec::new() };
+            let resources = if wants_routes {
+                vec![snap.routes.clone()]
+            } else {
+                Vec::new()
+            };
             out.push(self.response(Kind::Route, snap.routes.version.clone(), resources));
             self.rds_sent_clusters = snap.route_clusters.clone();
         }
@@ -193,8 +209,17 @@ mod tests {
         ApiRoutes {
             id: id.into(),
             context: format!("/{id}"),
-            upstream: Upstream { scheme: Scheme::Http, host: "127.0.0.1".into(), port, base_path: String::new() },
-            operations: vec![Operation { method: "GET".into(), path: PathPattern::parse("/x").unwrap(), guarded: false }],
+            upstream: Upstream {
+                scheme: Scheme::Http,
+                host: "127.0.0.1".into(),
+                port,
+                base_path: String::new(),
+            },
+            operations: vec![Operation {
+                method: "GET".into(),
+                path: PathPattern::parse("/x").unwrap(),
+                guarded: false,
+            }],
         }
     }
 
@@ -208,7 +233,9 @@ mod tests {
     }
 
     fn kinds(rs: &[DiscoveryResponse]) -> Vec<&str> {
-        rs.iter().map(|r| r.type_url.rsplit('.').next().unwrap_or("")).collect()
+        rs.iter()
+            .map(|r| r.type_url.rsplit('.').next().unwrap_or(""))
+            .collect()
     }
 
     /// Brings a stream to the steady state: CDS, LDS and RDS all sent and acknowledged.
@@ -219,8 +246,15 @@ mod tests {
         for _ in 0..5 {
             for r in state.responses(snap) {
                 let kind = Kind::from_url(&r.type_url).unwrap();
-                let names: &[&str] = if kind == Kind::Route { &[ROUTE_CONFIG_NAME] } else { &[] };
-                assert!(matches!(state.on_request(&request(kind, &r.nonce, names)), Event::Ack(..)));
+                let names: &[&str] = if kind == Kind::Route {
+                    &[ROUTE_CONFIG_NAME]
+                } else {
+                    &[]
+                };
+                assert!(matches!(
+                    state.on_request(&request(kind, &r.nonce, names)),
+                    Event::Ack(..)
+                ));
             }
         }
     }
@@ -234,9 +268,19 @@ mod tests {
         s.on_request(&request(Kind::Cluster, "", &[]));
         s.on_request(&request(Kind::Route, "", &[ROUTE_CONFIG_NAME]));
         let first = s.responses(&snap);
-        assert_eq!(kinds(&first), vec!["Cluster"], "routes must not precede their clusters");
-        assert!(s.responses(&snap).is_empty(), "nothing more while CDS awaits its ACK");
-        assert_eq!(s.on_request(&request(Kind::Cluster, &first[0].nonce, &[])), Event::Ack(Kind::Cluster, first[0].version_info.clone()));
+        assert_eq!(
+            kinds(&first),
+            vec!["Cluster"],
+            "routes must not precede their clusters"
+        );
+        assert!(
+            s.responses(&snap).is_empty(),
+            "nothing more while CDS awaits its ACK"
+        );
+        assert_eq!(
+            s.on_request(&request(Kind::Cluster, &first[0].nonce, &[])),
+            Event::Ack(Kind::Cluster, first[0].version_info.clone())
+        );
         assert_eq!(kinds(&s.responses(&snap)), vec!["RouteConfiguration"]);
     }
 
@@ -251,14 +295,22 @@ mod tests {
         let snap2 = t.snapshot();
         let r = s.responses(&snap2);
         assert_eq!(kinds(&r), vec!["Cluster"]);
-        assert_eq!(r[0].resources.len(), 2, "old cluster kept while routes use it");
+        assert_eq!(
+            r[0].resources.len(),
+            2,
+            "old cluster kept while routes use it"
+        );
         s.on_request(&request(Kind::Cluster, &r[0].nonce, &[]));
         let r = s.responses(&snap2);
         assert_eq!(kinds(&r), vec!["RouteConfiguration"]);
         s.on_request(&request(Kind::Route, &r[0].nonce, &[ROUTE_CONFIG_NAME]));
         let r = s.responses(&snap2);
         assert_eq!(kinds(&r), vec!["Cluster"]);
-        assert_eq!(r[0].resources.len(), 1, "old cluster removed after routes moved");
+        assert_eq!(
+            r[0].resources.len(),
+            1,
+            "old cluster removed after routes moved"
+        );
     }
 
     #[test]
@@ -268,15 +320,31 @@ mod tests {
         let mut s = StreamState::default();
         s.on_request(&request(Kind::Listener, "", &[]));
         let r = s.responses(&snap);
-        assert_eq!(s.on_request(&request(Kind::Listener, "999", &[])), Event::Stale(Kind::Listener));
+        assert_eq!(
+            s.on_request(&request(Kind::Listener, "999", &[])),
+            Event::Stale(Kind::Listener)
+        );
         let mut nack = request(Kind::Listener, &r[0].nonce, &[]);
-        nack.error_detail = Some(Status { message: "bad listener".into(), ..Default::default() });
+        nack.error_detail = Some(Status {
+            message: "bad listener".into(),
+            ..Default::default()
+        });
         assert_eq!(
             s.on_request(&nack),
-            Event::Nack(Kind::Listener, r[0].version_info.clone(), "bad listener".into())
+            Event::Nack(
+                Kind::Listener,
+                r[0].version_info.clone(),
+                "bad listener".into()
+            )
         );
-        assert!(s.responses(&snap).is_empty(), "a rejected version is not resent");
-        let unknown = DiscoveryRequest { type_url: "x".into(), ..Default::default() };
+        assert!(
+            s.responses(&snap).is_empty(),
+            "a rejected version is not resent"
+        );
+        let unknown = DiscoveryRequest {
+            type_url: "x".into(),
+            ..Default::default()
+        };
         assert_eq!(s.on_request(&unknown), Event::Unknown("x".into()));
     }
 }

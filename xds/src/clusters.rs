@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
-    CircuitBreakers, Cluster, circuit_breakers::Thresholds,
+    CircuitBreakers, Cluster,
+    circuit_breakers::Thresholds,
     cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily},
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, DataSource, SocketAddress, TransportSocket, address, data_source::Specifier, socket_address::PortSpecifier,
-    transport_socket::ConfigType,
+    Address, DataSource, SocketAddress, TransportSocket, address, data_source::Specifier,
+    socket_address::PortSpecifier, transport_socket::ConfigType,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
@@ -45,19 +46,38 @@ impl Default for ClusterSettings {
 
 /// The cluster name shared by every API that forwards to the same scheme, host and port.
 pub fn cluster_name(u: &Upstream) -> String {
-    let host: String = u.host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    let host: String = u
+        .host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     format!("upstream_{}_{}_{}", u.scheme.as_str(), host, u.port)
 }
 
 fn tls_socket(u: &Upstream, is_ip: bool, settings: &ClusterSettings) -> TransportSocket {
     let san = SubjectAltNameMatcher {
-        san_type: if is_ip { SanType::IpAddress } else { SanType::Dns } as i32,
-        matcher: Some(StringMatcher { match_pattern: Some(MatchPattern::Exact(u.host.clone())), ..Default::default() }),
+        san_type: if is_ip {
+            SanType::IpAddress
+        } else {
+            SanType::Dns
+        } as i32,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(u.host.clone())),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let validation = CertificateValidationContext {
         trusted_ca: Some(DataSource {
-            specifier: Some(Specifier::Filename(settings.trusted_ca_file.display().to_string())),
+            specifier: Some(Specifier::Filename(
+                settings.trusted_ca_file.display().to_string(),
+            )),
             ..Default::default()
         }),
         match_typed_subject_alt_names: vec![san],
@@ -71,14 +91,21 @@ fn tls_socket(u: &Upstream, is_ip: bool, settings: &ClusterSettings) -> Transpor
         }),
         ..Default::default()
     };
-    TransportSocket { name: "envoy.transport_sockets.tls".into(), config_type: Some(ConfigType::TypedConfig(pack_any(ctx))) }
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(ConfigType::TypedConfig(pack_any(ctx))),
+    }
 }
 
 /// Translates an upstream into its cluster: STATIC for IP addresses, STRICT_DNS for host names,
 /// TLS with SNI and certificate verification for https.
 pub fn cluster(u: &Upstream, settings: &ClusterSettings) -> Cluster {
     let is_ip = u.host.parse::<IpAddr>().is_ok();
-    let discovery = if is_ip { DiscoveryType::Static } else { DiscoveryType::StrictDns };
+    let discovery = if is_ip {
+        DiscoveryType::Static
+    } else {
+        DiscoveryType::StrictDns
+    };
     let endpoint = LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
             address: Some(Address {
@@ -104,7 +131,10 @@ pub fn cluster(u: &Upstream, settings: &ClusterSettings) -> Cluster {
         }),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name,
-            endpoints: vec![LocalityLbEndpoints { lb_endpoints: vec![endpoint], ..Default::default() }],
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint],
+                ..Default::default()
+            }],
             ..Default::default()
         }),
         circuit_breakers: Some(CircuitBreakers {
@@ -126,31 +156,57 @@ mod tests {
     use super::*;
 
     fn up(scheme: Scheme, host: &str, port: u16) -> Upstream {
-        Upstream { scheme, host: host.into(), port, base_path: String::new() }
+        Upstream {
+            scheme,
+            host: host.into(),
+            port,
+            base_path: String::new(),
+        }
     }
 
     #[test]
     fn names_are_shared_per_scheme_host_port() {
-        assert_eq!(cluster_name(&up(Scheme::Http, "petstore.example.com", 80)), "upstream_http_petstore_example_com_80");
-        assert_eq!(cluster_name(&up(Scheme::Https, "::1", 8443)), "upstream_https___1_8443");
+        assert_eq!(
+            cluster_name(&up(Scheme::Http, "petstore.example.com", 80)),
+            "upstream_http_petstore_example_com_80"
+        );
+        assert_eq!(
+            cluster_name(&up(Scheme::Https, "::1", 8443)),
+            "upstream_https___1_8443"
+        );
     }
 
     #[test]
     fn ip_upstreams_are_static_and_plain() {
-        let c = cluster(&up(Scheme::Http, "127.0.0.1", 9080), &ClusterSettings::default());
-        assert_eq!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)));
+        let c = cluster(
+            &up(Scheme::Http, "127.0.0.1", 9080),
+            &ClusterSettings::default(),
+        );
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32))
+        );
         assert!(c.transport_socket.is_none());
     }
 
     #[test]
     fn https_upstreams_verify_and_send_sni() {
-        let c = cluster(&up(Scheme::Https, "api.example.com", 443), &ClusterSettings::default());
-        assert_eq!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)));
+        let c = cluster(
+            &up(Scheme::Https, "api.example.com", 443),
+            &ClusterSettings::default(),
+        );
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32))
+        );
         let ts = c.transport_socket.unwrap();
-        let Some(ConfigType::TypedConfig(any)) = ts.config_type else { panic!("no tls config") };
+        let Some(ConfigType::TypedConfig(any)) = ts.config_type else {
+            panic!("no tls config")
+        };
         let ctx: UpstreamTlsContext = prost::Message::decode(any.value.as_slice()).unwrap();
         assert_eq!(ctx.sni, "api.example.com");
-        let Some(ValidationContextType::ValidationContext(v)) = ctx.common_tls_context.unwrap().validation_context_type
+        let Some(ValidationContextType::ValidationContext(v)) =
+            ctx.common_tls_context.unwrap().validation_context_type
         else {
             panic!("no validation")
         };

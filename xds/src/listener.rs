@@ -1,8 +1,8 @@
 //! Pure translation of the router settings into the single HTTP listener.
 
 use envoy_types::pb::envoy::config::core::v3::{
-    AggregatedConfigSource, ApiVersion, ConfigSource, address, config_source::ConfigSourceSpecifier,
-    socket_address::PortSpecifier, Address, SocketAddress,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address,
+    config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, Listener, filter,
@@ -33,7 +33,10 @@ pub struct ListenerSettings {
 
 impl Default for ListenerSettings {
     fn default() -> Self {
-        Self { host: "0.0.0.0".into(), port: 8080 }
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8080,
+        }
     }
 }
 
@@ -46,7 +49,9 @@ pub fn listener(settings: &ListenerSettings) -> Listener {
         stat_prefix: "gateway".into(),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
             config_source: Some(ConfigSource {
-                config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+                config_source_specifier: Some(ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource {},
+                )),
                 resource_api_version: ApiVersion::V3 as i32,
                 ..Default::default()
             }),
@@ -54,7 +59,9 @@ pub fn listener(settings: &ListenerSettings) -> Listener {
         })),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
             ..Default::default()
         }],
         normalize_path: Some(BoolValue { value: true }),
@@ -94,16 +101,27 @@ mod tests {
 
     #[test]
     fn listener_binds_configured_address_and_uses_rds() {
-        let l = listener(&ListenerSettings { host: "127.0.0.1".into(), port: 18080 });
-        let Some(address::Address::SocketAddress(sa)) = l.address.unwrap().address else { panic!("no address") };
+        let l = listener(&ListenerSettings {
+            host: "127.0.0.1".into(),
+            port: 18080,
+        });
+        let Some(address::Address::SocketAddress(sa)) = l.address.unwrap().address else {
+            panic!("no address")
+        };
         assert_eq!(sa.address, "127.0.0.1");
         assert_eq!(sa.port_specifier, Some(PortSpecifier::PortValue(18080)));
-        let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else {
+        let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type
+        else {
             panic!("no hcm")
         };
         let hcm: HttpConnectionManager = prost::Message::decode(any.value.as_slice()).unwrap();
-        let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier else { panic!("not rds") };
+        let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier else {
+            panic!("not rds")
+        };
         assert_eq!(rds.route_config_name, ROUTE_CONFIG_NAME);
-        assert_eq!(hcm.http_filters.last().unwrap().name, "envoy.filters.http.router");
+        assert_eq!(
+            hcm.http_filters.last().unwrap().name,
+            "envoy.filters.http.router"
+        );
     }
 }

@@ -143,7 +143,11 @@ impl PathPattern {
                     .strip_prefix('{')
                     .and_then(|p| p.strip_suffix('}'))
                     .ok_or(PathError::BadParam)?;
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+                {
                     return Err(PathError::BadParam);
                 }
                 segments.push(Segment::Param(name.to_string()));
@@ -159,7 +163,11 @@ impl PathPattern {
 
     /// True when the path has no `{param}` segment and no wildcard.
     pub fn is_literal(&self) -> bool {
-        !self.wildcard && self.segments.iter().all(|s| matches!(s, Segment::Literal(_)))
+        !self.wildcard
+            && self
+                .segments
+                .iter()
+                .all(|s| matches!(s, Segment::Literal(_)))
     }
 
     /// Precedence class: 0 literal, 1 with parameters, 2 with a wildcard.
@@ -240,7 +248,10 @@ mod tests {
     fn rejects_malformed_paths() {
         assert_eq!(PathPattern::parse("pet"), Err(PathError::NoLeadingSlash));
         assert_eq!(PathPattern::parse("/a//b"), Err(PathError::EmptySegment));
-        assert_eq!(PathPattern::parse("/a/*/b"), Err(PathError::MisplacedWildcard));
+        assert_eq!(
+            PathPattern::parse("/a/*/b"),
+            Err(PathError::MisplacedWildcard)
+        );
         assert_eq!(PathPattern::parse("/a*"), Err(PathError::MisplacedWildcard));
         assert_eq!(PathPattern::parse("/a{b}"), Err(PathError::BadParam));
         assert_eq!(PathPattern::parse("/{}"), Err(PathError::BadParam));
@@ -253,7 +264,10 @@ mod tests {
     fn route_keys_ignore_parameter_names() {
         let a = PathPattern::parse("/pet/{id}").unwrap();
         let b = PathPattern::parse("/pet/{petId}").unwrap();
-        assert_eq!(route_key("/petstore", "GET", &a), route_key("/petstore", "GET", &b));
+        assert_eq!(
+            route_key("/petstore", "GET", &a),
+            route_key("/petstore", "GET", &b)
+        );
         assert_eq!(route_key("/petstore", "GET", &a), "GET /petstore/pet/{}");
         let root = PathPattern::parse("/").unwrap();
         assert_eq!(route_key("/", "GET", &root), "GET /");

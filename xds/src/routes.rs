@@ -15,7 +15,9 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteList,
-    RouteMatch, VirtualHost, header_matcher::HeaderMatchSpecifier, route::Action,
+    RouteMatch, VirtualHost,
+    header_matcher::HeaderMatchSpecifier,
+    route::Action,
     route_action::{ClusterSpecifier, HostRewriteSpecifier},
     route_match::PathSpecifier,
 };
@@ -55,7 +57,9 @@ pub struct RouteSettings {
 
 impl Default for RouteSettings {
     fn default() -> Self {
-        Self { route_timeout: Duration::from_secs(60) }
+        Self {
+            route_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -95,7 +99,10 @@ fn json_header() -> HeaderValueOption {
 fn direct_response(status: u32, body: &str) -> Action {
     Action::DirectResponse(DirectResponseAction {
         status,
-        body: Some(DataSource { specifier: Some(Specifier::InlineString(body.to_string())), ..Default::default() }),
+        body: Some(DataSource {
+            specifier: Some(Specifier::InlineString(body.to_string())),
+            ..Default::default()
+        }),
         ..Default::default()
     })
 }
@@ -104,7 +111,10 @@ fn direct_response(status: u32, body: &str) -> Action {
 pub fn not_found_route() -> Route {
     Route {
         name: "not-found".into(),
-        r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".into())), ..Default::default() }),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
         action: Some(direct_response(404, NOT_FOUND_BODY)),
         response_headers_to_add: vec![json_header()],
         ..Default::default()
@@ -149,11 +159,17 @@ pub fn path_rewrite(context: &str, base_path: &str) -> Option<(String, String)> 
 }
 
 fn exact(value: &str) -> StringMatcher {
-    StringMatcher { match_pattern: Some(MatchPattern::Exact(value.into())), ..Default::default() }
+    StringMatcher {
+        match_pattern: Some(MatchPattern::Exact(value.into())),
+        ..Default::default()
+    }
 }
 
 fn regex(re: String) -> RegexMatcher {
-    RegexMatcher { regex: re, ..Default::default() }
+    RegexMatcher {
+        regex: re,
+        ..Default::default()
+    }
 }
 
 /// Name of the route serving one operation: `<api id>|<METHOD>|<operation path>`.
@@ -162,7 +178,10 @@ pub fn route_name(api: &ApiRoutes, op: &Operation) -> String {
 }
 
 fn precedence(api: &ApiRoutes, op: &Operation) -> Precedence {
-    let ctx_segments = context_prefix(&api.context).split('/').filter(|s| !s.is_empty()).count();
+    let ctx_segments = context_prefix(&api.context)
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .count();
     let mut ranks = vec![0u8; ctx_segments];
     ranks.extend(op.path.segments.iter().map(|s| match s {
         Segment::Literal(_) => 0,
@@ -181,7 +200,10 @@ fn precedence(api: &ApiRoutes, op: &Operation) -> Precedence {
 /// Translates one operation of an API into its route.
 pub fn operation_route(api: &ApiRoutes, op: &Operation, settings: &RouteSettings) -> RankedRoute {
     let r#match = RouteMatch {
-        path_specifier: Some(PathSpecifier::SafeRegex(regex(path_regex(&api.context, &op.path)))),
+        path_specifier: Some(PathSpecifier::SafeRegex(regex(path_regex(
+            &api.context,
+            &op.path,
+        )))),
         headers: vec![HeaderMatcher {
             name: ":method".into(),
             header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(exact(&op.method))),
@@ -190,15 +212,24 @@ pub fn operation_route(api: &ApiRoutes, op: &Operation, settings: &RouteSettings
         ..Default::default()
     };
     let (action, response_headers_to_add) = if op.guarded {
-        (direct_response(503, POLICY_UNAVAILABLE_BODY), vec![json_header()])
+        (
+            direct_response(503, POLICY_UNAVAILABLE_BODY),
+            vec![json_header()],
+        )
     } else {
-        let regex_rewrite = path_rewrite(&api.context, &api.upstream.base_path).map(|(pattern, substitution)| {
-            RegexMatchAndSubstitute { pattern: Some(regex(pattern)), substitution }
-        });
+        let regex_rewrite =
+            path_rewrite(&api.context, &api.upstream.base_path).map(|(pattern, substitution)| {
+                RegexMatchAndSubstitute {
+                    pattern: Some(regex(pattern)),
+                    substitution,
+                }
+            });
         let action = RouteAction {
             cluster_specifier: Some(ClusterSpecifier::Cluster(cluster_name(&api.upstream))),
             regex_rewrite,
-            host_rewrite_specifier: Some(HostRewriteSpecifier::AutoHostRewrite(BoolValue { value: true })),
+            host_rewrite_specifier: Some(HostRewriteSpecifier::AutoHostRewrite(BoolValue {
+                value: true,
+            })),
             timeout: Some(PbDuration {
                 seconds: settings.route_timeout.as_secs() as i64,
                 nanos: settings.route_timeout.subsec_nanos() as i32,
@@ -221,12 +252,18 @@ pub fn operation_route(api: &ApiRoutes, op: &Operation, settings: &RouteSettings
 
 /// Translates every operation of an API into ranked routes.
 pub fn api_routes(api: &ApiRoutes, settings: &RouteSettings) -> Vec<RankedRoute> {
-    api.operations.iter().map(|op| operation_route(api, op, settings)).collect()
+    api.operations
+        .iter()
+        .map(|op| operation_route(api, op, settings))
+        .collect()
 }
 
 /// The upstream an API's routes forward to (none when every operation fails closed).
 pub fn forwarded_upstream(api: &ApiRoutes) -> Option<&Upstream> {
-    api.operations.iter().any(|op| !op.guarded).then_some(&api.upstream)
+    api.operations
+        .iter()
+        .any(|op| !op.guarded)
+        .then_some(&api.upstream)
 }
 
 fn route_list_action(routes: Vec<Route>) -> OnMatch {
@@ -248,7 +285,11 @@ fn ancestors(context: &str) -> Vec<String> {
     let mut cur = context;
     while let Some(idx) = cur.rfind('/') {
         cur = &cur[..idx];
-        out.push(if cur.is_empty() { "/".to_string() } else { cur.to_string() });
+        out.push(if cur.is_empty() {
+            "/".to_string()
+        } else {
+            cur.to_string()
+        });
     }
     out
 }
@@ -283,7 +324,11 @@ pub fn fingerprint(api: &ApiRoutes) -> [u8; 32] {
 impl RouteTable {
     /// An empty table.
     pub fn new(settings: RouteSettings) -> Self {
-        Self { settings, apis: BTreeMap::new(), contexts: BTreeMap::new() }
+        Self {
+            settings,
+            apis: BTreeMap::new(),
+            contexts: BTreeMap::new(),
+        }
     }
 
     /// Number of APIs in the table.
@@ -305,7 +350,11 @@ impl RouteTable {
             c.cached = None;
         }
         let below = format!("{context}/");
-        for (_, c) in self.contexts.range_mut(below.clone()..).take_while(|(k, _)| k.starts_with(&below)) {
+        for (_, c) in self
+            .contexts
+            .range_mut(below.clone()..)
+            .take_while(|(k, _)| k.starts_with(&below))
+        {
             c.cached = None;
         }
     }
@@ -318,7 +367,11 @@ impl RouteTable {
         }
         self.remove(&api.id);
         self.invalidate(&api.context);
-        self.contexts.entry(api.context.clone()).or_default().apis.insert(api.id.clone());
+        self.contexts
+            .entry(api.context.clone())
+            .or_default()
+            .apis
+            .insert(api.id.clone());
         self.apis.insert(
             api.id.clone(),
             ApiEntry {
@@ -333,7 +386,9 @@ impl RouteTable {
 
     /// Removes an API. Returns false when it was not present.
     pub fn remove(&mut self, id: &str) -> bool {
-        let Some(old) = self.apis.remove(id) else { return false };
+        let Some(old) = self.apis.remove(id) else {
+            return false;
+        };
         self.invalidate(&old.context);
         if let Some(c) = self.contexts.get_mut(&old.context) {
             c.apis.remove(id);
@@ -346,7 +401,11 @@ impl RouteTable {
 
     /// Every upstream some route forwards to, by cluster name.
     pub fn upstreams(&self) -> BTreeMap<String, Upstream> {
-        self.apis.values().filter_map(|e| e.upstream.as_ref()).map(|u| (cluster_name(u), u.clone())).collect()
+        self.apis
+            .values()
+            .filter_map(|e| e.upstream.as_ref())
+            .map(|u| (cluster_name(u), u.clone()))
+            .collect()
     }
 
     /// Version of the route configuration: changes exactly when some API's translation input does.
@@ -381,15 +440,23 @@ impl RouteTable {
 
     /// Builds the route configuration, reusing the cached lists of untouched contexts.
     pub fn route_configuration(&mut self) -> RouteConfiguration {
-        let stale: Vec<String> =
-            self.contexts.iter().filter(|(_, c)| c.cached.is_none()).map(|(k, _)| k.clone()).collect();
+        let stale: Vec<String> = self
+            .contexts
+            .iter()
+            .filter(|(_, c)| c.cached.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
         for ctx in stale {
             let list = self.list_for(&ctx);
             if let Some(c) = self.contexts.get_mut(&ctx) {
                 c.cached = Some(list);
             }
         }
-        let mut vhost = VirtualHost { name: "gateway".into(), domains: vec!["*".into()], ..Default::default() };
+        let mut vhost = VirtualHost {
+            name: "gateway".into(),
+            domains: vec!["*".into()],
+            ..Default::default()
+        };
         if self.contexts.is_empty() {
             vhost.routes = vec![not_found_route()];
         } else {
@@ -402,7 +469,9 @@ impl RouteTable {
                 matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
                     input: Some(TypedExtensionConfig {
                         name: "path".into(),
-                        typed_config: Some(pack_any(HttpRequestHeaderMatchInput { header_name: ":path".into() })),
+                        typed_config: Some(pack_any(HttpRequestHeaderMatchInput {
+                            header_name: ":path".into(),
+                        })),
                     }),
                     tree_type: Some(TreeType::PrefixMatchMap(MatchMap { map })),
                 })),
@@ -427,32 +496,56 @@ mod tests {
         ApiRoutes {
             id: id.into(),
             context: context.into(),
-            upstream: Upstream { scheme: Scheme::Http, host: "127.0.0.1".into(), port: 9080, base_path: "/api/v2".into() },
+            upstream: Upstream {
+                scheme: Scheme::Http,
+                host: "127.0.0.1".into(),
+                port: 9080,
+                base_path: "/api/v2".into(),
+            },
             operations: ops
                 .iter()
-                .map(|(m, p)| Operation { method: (*m).into(), path: PathPattern::parse(p).unwrap(), guarded: false })
+                .map(|(m, p)| Operation {
+                    method: (*m).into(),
+                    path: PathPattern::parse(p).unwrap(),
+                    guarded: false,
+                })
                 .collect(),
         }
     }
 
     fn list_names(cfg: &RouteConfiguration, key: &str) -> Vec<String> {
-        let Some(MatcherType::MatcherTree(tree)) = &cfg.virtual_hosts[0].matcher.as_ref().unwrap().matcher_type
+        let Some(MatcherType::MatcherTree(tree)) =
+            &cfg.virtual_hosts[0].matcher.as_ref().unwrap().matcher_type
         else {
             panic!("no tree")
         };
-        let Some(TreeType::PrefixMatchMap(map)) = &tree.tree_type else { panic!("no map") };
-        let Some(on_match::OnMatch::Action(action)) = &map.map[key].on_match else { panic!("no action") };
-        let list = RouteList::decode(action.typed_config.as_ref().unwrap().value.as_slice()).unwrap();
+        let Some(TreeType::PrefixMatchMap(map)) = &tree.tree_type else {
+            panic!("no map")
+        };
+        let Some(on_match::OnMatch::Action(action)) = &map.map[key].on_match else {
+            panic!("no action")
+        };
+        let list =
+            RouteList::decode(action.typed_config.as_ref().unwrap().value.as_slice()).unwrap();
         list.routes.into_iter().map(|r| r.name).collect()
     }
 
     #[test]
     fn path_regexes() {
         let p = |s| PathPattern::parse(s).unwrap();
-        assert_eq!(path_regex("/petstore", &p("/pet/{petId}")), "^/petstore/pet/[^/]+$");
-        assert_eq!(path_regex("/petstore", &p("/store/inventory")), "^/petstore/store/inventory/?$");
+        assert_eq!(
+            path_regex("/petstore", &p("/pet/{petId}")),
+            "^/petstore/pet/[^/]+$"
+        );
+        assert_eq!(
+            path_regex("/petstore", &p("/store/inventory")),
+            "^/petstore/store/inventory/?$"
+        );
         assert_eq!(path_regex("/petstore", &p("/")), "^/petstore/?$");
-        assert_eq!(path_regex("/weather/v1.0", &p("/*")), r"^/weather/v1\.0(?:/.*)?$");
+        assert_eq!(
+            path_regex("/weather/v1.0", &p("/*")),
+            r"^/weather/v1\.0(?:/.*)?$"
+        );
         assert_eq!(path_regex("/w", &p("/forecast/*")), "^/w/forecast(?:/.*)?$");
         assert_eq!(path_regex("/", &p("/")), "^/?$");
         assert_eq!(path_regex("/", &p("/a")), "^/a/?$");
@@ -462,11 +555,20 @@ mod tests {
     fn path_rewrites() {
         assert_eq!(
             path_rewrite("/weather/v1.0", "/api/v2"),
-            Some((r"^/weather/v1\.0(.*)$".to_string(), r"/api/v2\1".to_string()))
+            Some((
+                r"^/weather/v1\.0(.*)$".to_string(),
+                r"/api/v2\1".to_string()
+            ))
         );
-        assert_eq!(path_rewrite("/petstore", ""), Some(("^/petstore/?(.*)$".to_string(), r"/\1".to_string())));
+        assert_eq!(
+            path_rewrite("/petstore", ""),
+            Some(("^/petstore/?(.*)$".to_string(), r"/\1".to_string()))
+        );
         assert_eq!(path_rewrite("/", ""), None);
-        assert_eq!(path_rewrite("/", "/base"), Some(("^(.*)$".to_string(), r"/base\1".to_string())));
+        assert_eq!(
+            path_rewrite("/", "/base"),
+            Some(("^(.*)$".to_string(), r"/base\1".to_string()))
+        );
     }
 
     #[test]
@@ -476,8 +578,15 @@ mod tests {
         assert_eq!(r.name, "PetStore|GET|/pet/{}");
         let m = r.r#match.unwrap();
         assert_eq!(m.headers[0].name, ":method");
-        let Some(Action::Route(action)) = r.action else { panic!("not a route action") };
-        assert_eq!(action.cluster_specifier, Some(ClusterSpecifier::Cluster("upstream_http_127_0_0_1_9080".into())));
+        let Some(Action::Route(action)) = r.action else {
+            panic!("not a route action")
+        };
+        assert_eq!(
+            action.cluster_specifier,
+            Some(ClusterSpecifier::Cluster(
+                "upstream_http_127_0_0_1_9080".into()
+            ))
+        );
         assert_eq!(action.regex_rewrite.unwrap().substitution, r"/api/v2\1");
     }
 
@@ -486,7 +595,9 @@ mod tests {
         let mut a = api("P", "/p", &[("GET", "/x")]);
         a.operations[0].guarded = true;
         let r = operation_route(&a, &a.operations[0], &RouteSettings::default()).route;
-        let Some(Action::DirectResponse(d)) = r.action else { panic!("expected direct response") };
+        let Some(Action::DirectResponse(d)) = r.action else {
+            panic!("expected direct response")
+        };
         assert_eq!(d.status, 503);
         assert!(forwarded_upstream(&a).is_none());
     }
@@ -494,7 +605,11 @@ mod tests {
     #[test]
     fn lists_are_ordered_by_precedence_and_include_ancestors() {
         let mut t = RouteTable::new(RouteSettings::default());
-        t.upsert(&api("a", "/a", &[("GET", "/*"), ("GET", "/b/{x}"), ("GET", "/b/c")]));
+        t.upsert(&api(
+            "a",
+            "/a",
+            &[("GET", "/*"), ("GET", "/b/{x}"), ("GET", "/b/c")],
+        ));
         t.upsert(&api("ab", "/a/b", &[("GET", "/*"), ("POST", "/{id}")]));
         let cfg = t.route_configuration();
         assert_eq!(
@@ -503,7 +618,14 @@ mod tests {
         );
         assert_eq!(
             list_names(&cfg, "/a/b"),
-            vec!["a|GET|/b/c", "a|GET|/b/{}", "ab|POST|/{}", "ab|GET|/*", "a|GET|/*", "not-found"]
+            vec![
+                "a|GET|/b/c",
+                "a|GET|/b/{}",
+                "ab|POST|/{}",
+                "ab|GET|/*",
+                "a|GET|/*",
+                "not-found"
+            ]
         );
     }
 
@@ -513,7 +635,10 @@ mod tests {
         let empty = t.version();
         assert!(t.upsert(&api("a", "/a", &[("GET", "/x")])));
         let v1 = t.version();
-        assert!(!t.upsert(&api("a", "/a", &[("GET", "/x")])), "unchanged upsert is a no-op");
+        assert!(
+            !t.upsert(&api("a", "/a", &[("GET", "/x")])),
+            "unchanged upsert is a no-op"
+        );
         assert_eq!(t.version(), v1);
         assert!(t.remove("a"));
         assert_eq!(t.version(), empty);
@@ -527,7 +652,10 @@ mod tests {
         t.route_configuration();
         t.upsert(&api("root", "/", &[("GET", "/*")]));
         let cfg = t.route_configuration();
-        assert_eq!(list_names(&cfg, "/a/b"), vec!["ab|GET|/x", "root|GET|/*", "not-found"]);
+        assert_eq!(
+            list_names(&cfg, "/a/b"),
+            vec!["ab|GET|/x", "root|GET|/*", "not-found"]
+        );
         assert_eq!(list_names(&cfg, "/"), vec!["root|GET|/*", "not-found"]);
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    aggregated_discovery_service_server::{AggregatedDiscoveryService, AggregatedDiscoveryServiceServer},
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -96,7 +98,11 @@ impl Xds {
             .spawn(move || translate_loop(translator, rx, snap_tx, m))
             .map(|_| ())
             .unwrap_or_else(|e| warn!(error = %e, "could not start the translator thread"));
-        Self { changes: tx, snapshots: snap_rx, metrics }
+        Self {
+            changes: tx,
+            snapshots: snap_rx,
+            metrics,
+        }
     }
 
     /// Adds or replaces an API in the router.
@@ -120,11 +126,20 @@ impl Xds {
     }
 
     /// Serves ADS on `listener` until `shutdown` resolves.
-    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), XdsError> {
-        let service = AdsService { snapshots: self.snapshots.clone(), metrics: self.metrics.clone() };
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), XdsError> {
+        let service = AdsService {
+            snapshots: self.snapshots.clone(),
+            metrics: self.metrics.clone(),
+        };
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(AggregatedDiscoveryServiceServer::new(service).max_decoding_message_size(64 << 20))
+            .add_service(
+                AggregatedDiscoveryServiceServer::new(service).max_decoding_message_size(64 << 20),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await?;
         Ok(())
@@ -133,8 +148,12 @@ impl Xds {
 
 fn record(metrics: &XdsMetrics, translator: &Translator, snap: &Snapshot) {
     metrics.snapshots.fetch_add(1, Ordering::Relaxed);
-    metrics.route_config_bytes.store(snap.routes.any.value.len() as u64, Ordering::Relaxed);
-    metrics.apis.store(translator.api_count() as u64, Ordering::Relaxed);
+    metrics
+        .route_config_bytes
+        .store(snap.routes.any.value.len() as u64, Ordering::Relaxed);
+    metrics
+        .apis
+        .store(translator.api_count() as u64, Ordering::Relaxed);
 }
 
 fn translate_loop(
@@ -184,7 +203,13 @@ fn log_event(event: &Event, node: &str, metrics: &XdsMetrics) {
         }
         Event::Nack(kind, version, error) => {
             metrics.nacks.fetch_add(1, Ordering::Relaxed);
-            warn!(node, ?kind, version, error, "Envoy rejected configuration (NACK)");
+            warn!(
+                node,
+                ?kind,
+                version,
+                error,
+                "Envoy rejected configuration (NACK)"
+            );
         }
         Event::Stale(kind) => debug!(node, ?kind, "ignored request with a stale nonce"),
         Event::Unknown(url) => debug!(node, type_url = url, "ignored request for an unserved type"),
@@ -203,11 +228,9 @@ async fn run_stream(
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(req)) => {
-                    if let Some(n) = &req.node {
-                        if node.is_empty() {
-                            node = n.id.clone();
-                            info!(node, "Envoy connected");
-                        }
+                    if let Some(n) = req.node.as_ref().filter(|_| node.is_empty()) {
+                        node = n.id.clone();
+                        info!(node, "Envoy connected");
                     }
                     let event = state.on_request(&req);
                     log_event(&event, &node, &metrics);
@@ -223,7 +246,12 @@ async fn run_stream(
         let snap = snapshots.borrow_and_update().clone();
         for resp in state.responses(&snap) {
             metrics.pushes.fetch_add(1, Ordering::Relaxed);
-            debug!(node, type_url = resp.type_url, version = resp.version_info, "push");
+            debug!(
+                node,
+                type_url = resp.type_url,
+                version = resp.version_info,
+                "push"
+            );
             if tx.send(Ok(resp)).await.is_err() {
                 return;
             }
@@ -242,7 +270,12 @@ impl AggregatedDiscoveryService for AdsService {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(run_stream(request.into_inner(), tx, self.snapshots.clone(), self.metrics.clone()));
+        tokio::spawn(run_stream(
+            request.into_inner(),
+            tx,
+            self.snapshots.clone(),
+            self.metrics.clone(),
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -250,6 +283,8 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         _request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("delta xDS is not supported; use state-of-the-world ADS"))
+        Err(Status::unimplemented(
+            "delta xDS is not supported; use state-of-the-world ADS",
+        ))
     }
 }

@@ -82,7 +82,11 @@ impl Translator {
     /// A translator with no APIs.
     pub fn new(settings: XdsSettings) -> Self {
         let table = RouteTable::new(settings.routes.clone());
-        Self { settings, table, clusters: BTreeMap::new() }
+        Self {
+            settings,
+            table,
+            clusters: BTreeMap::new(),
+        }
     }
 
     /// Applies one change; returns false when it changes nothing.
@@ -106,7 +110,14 @@ impl Translator {
             if !self.clusters.contains_key(name) {
                 let version = short_hash(format!("{u:?}{:?}", self.settings.clusters).as_bytes());
                 let any = pack_any(cluster(u, &self.settings.clusters));
-                self.clusters.insert(name.clone(), Resource { name: name.clone(), version, any });
+                self.clusters.insert(
+                    name.clone(),
+                    Resource {
+                        name: name.clone(),
+                        version,
+                        any,
+                    },
+                );
             }
         }
         let listener_res = Resource {
@@ -137,8 +148,17 @@ mod tests {
         ApiRoutes {
             id: id.into(),
             context: format!("/{id}"),
-            upstream: Upstream { scheme: Scheme::Http, host: "127.0.0.1".into(), port, base_path: String::new() },
-            operations: vec![Operation { method: "GET".into(), path: PathPattern::parse("/x").unwrap(), guarded: false }],
+            upstream: Upstream {
+                scheme: Scheme::Http,
+                host: "127.0.0.1".into(),
+                port,
+                base_path: String::new(),
+            },
+            operations: vec![Operation {
+                method: "GET".into(),
+                path: PathPattern::parse("/x").unwrap(),
+                guarded: false,
+            }],
         }
     }
 
@@ -149,7 +169,13 @@ mod tests {
         t.apply(Change::Upsert(api("b", 1000)));
         t.apply(Change::Upsert(api("c", 2000)));
         let s = t.snapshot();
-        assert_eq!(s.clusters.keys().collect::<Vec<_>>(), vec!["upstream_http_127_0_0_1_1000", "upstream_http_127_0_0_1_2000"]);
+        assert_eq!(
+            s.clusters.keys().collect::<Vec<_>>(),
+            vec![
+                "upstream_http_127_0_0_1_1000",
+                "upstream_http_127_0_0_1_2000"
+            ]
+        );
         assert_eq!(s.route_clusters.len(), 2);
         t.apply(Change::Remove("c".into()));
         let s2 = t.snapshot();
@@ -168,6 +194,9 @@ mod tests {
         b.apply(Change::Upsert(api("x", 1)));
         let (sa, sb) = (a.snapshot(), b.snapshot());
         assert_eq!(sa.routes.version, sb.routes.version);
-        assert_eq!(set_version(sa.clusters.values()), set_version(sb.clusters.values()));
+        assert_eq!(
+            set_version(sa.clusters.values()),
+            set_version(sb.clusters.values())
+        );
     }
 }

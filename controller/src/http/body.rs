@@ -15,8 +15,17 @@ enum Format {
 }
 
 fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
-    let Some(ct) = headers.get(header::CONTENT_TYPE) else { return Ok(Format::Sniff) };
-    let ct = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(Format::Sniff);
+    };
+    let ct = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match ct.as_str() {
         "application/json" => Ok(Format::Json),
         "application/yaml" | "application/x-yaml" | "text/yaml" => Ok(Format::Yaml),
@@ -29,11 +38,18 @@ fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
 }
 
 fn too_large(limit: usize) -> ApiError {
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("Request body exceeds the limit of {limit} bytes"))
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("Request body exceeds the limit of {limit} bytes"),
+    )
 }
 
 /// Reads the body (at most `limit` bytes). An empty body is `None`.
-pub async fn read_bytes(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub async fn read_bytes(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -44,7 +60,10 @@ pub async fn read_bytes(headers: &HeaderMap, body: Body, limit: usize) -> Result
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes().to_vec()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
-        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("Failed to read request body: {e}"))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Failed to read request body: {e}"),
+        )),
     }
 }
 
@@ -57,18 +76,30 @@ fn parse_yaml(bytes: &[u8]) -> Result<Value, String> {
 }
 
 /// Reads and parses a JSON or YAML document (by content type; sniffed when none is given).
-pub async fn read_document(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ApiError> {
+pub async fn read_document(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Value, ApiError> {
     let format = format_of(headers)?;
     let bytes = read_bytes(headers, body, limit).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "Failed to parse configuration: the request body is empty"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Failed to parse configuration: the request body is empty",
+        ));
     }
     let parsed = match format {
         Format::Json => parse_json(&bytes),
         Format::Yaml => parse_yaml(&bytes),
         Format::Sniff => parse_json(&bytes).or_else(|_| parse_yaml(&bytes)),
     };
-    let value = parsed.map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, format!("Failed to parse configuration: {m}")))?;
+    let value = parsed.map_err(|m| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Failed to parse configuration: {m}"),
+        )
+    })?;
     if !value.is_object() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

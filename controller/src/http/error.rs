@@ -23,12 +23,20 @@ pub struct ApiError {
 impl ApiError {
     /// An error without field details.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), errors: Vec::new() }
+        Self {
+            status,
+            message: message.into(),
+            errors: Vec::new(),
+        }
     }
 
     /// 400 with field details.
     pub fn validation(errors: Vec<FieldError>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, message: "Configuration validation failed".into(), errors }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: "Configuration validation failed".into(),
+            errors,
+        }
     }
 
     /// 404.
@@ -44,9 +52,14 @@ impl From<RegistryError> for ApiError {
             RegistryError::Conflict(m) => Self::new(StatusCode::CONFLICT, m),
             RegistryError::Store(err) => {
                 error!(error = %err, "storage failure");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "Storage is unavailable; nothing was changed")
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Storage is unavailable; nothing was changed",
+                )
             }
-            RegistryError::Poisoned => Self::new(StatusCode::SERVICE_UNAVAILABLE, "Registry is unavailable"),
+            RegistryError::Poisoned => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "Registry is unavailable")
+            }
         }
     }
 }
@@ -54,7 +67,10 @@ impl From<RegistryError> for ApiError {
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {
         error!(error = %e, "management task failed");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "The request could not be completed")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The request could not be completed",
+        )
     }
 }
 
@@ -66,8 +82,10 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"api-gateway\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"api-gateway\""),
+            );
         }
         resp
     }

@@ -43,7 +43,13 @@ impl Caller {
         if self.0.has_any(roles) {
             Ok(())
         } else {
-            Err(ApiError::new(StatusCode::FORBIDDEN, format!("User '{}' is not allowed to perform this operation", self.0.username)))
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "User '{}' is not allowed to perform this operation",
+                    self.0.username
+                ),
+            ))
         }
     }
 }
@@ -52,13 +58,24 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let auth = st.auth.clone();
-        let result = tokio::task::spawn_blocking(move || auth.authenticate(header.as_deref())).await?;
+        let result =
+            tokio::task::spawn_blocking(move || auth.authenticate(header.as_deref())).await?;
         match result {
             Ok(p) => Ok(Caller(p)),
-            Err(AuthError::Missing) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "Authentication required")),
-            Err(AuthError::Invalid) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "Invalid credentials")),
+            Err(AuthError::Missing) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Authentication required",
+            )),
+            Err(AuthError::Invalid) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Invalid credentials",
+            )),
         }
     }
 }
@@ -67,8 +84,13 @@ async fn health() -> Json<Value> {
     Json(json!({"status": "healthy"}))
 }
 
-async fn metrics(axum::extract::State(st): axum::extract::State<AppState>) -> ([(header::HeaderName, &'static str); 1], String) {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.registry.xds().metrics().prometheus())
+async fn metrics(
+    axum::extract::State(st): axum::extract::State<AppState>,
+) -> ([(header::HeaderName, &'static str); 1], String) {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.registry.xds().metrics().prometheus(),
+    )
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -76,20 +98,36 @@ async fn not_found(uri: Uri) -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed on this resource")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed on this resource",
+    )
 }
 
 fn management_routes() -> Router<AppState> {
     Router::new()
         .route("/rest-apis", get(rest_apis::list).post(rest_apis::create))
-        .route("/rest-apis/{id}", get(rest_apis::get).put(rest_apis::update).delete(rest_apis::delete))
+        .route(
+            "/rest-apis/{id}",
+            get(rest_apis::get)
+                .put(rest_apis::update)
+                .delete(rest_apis::delete),
+        )
 }
 
 /// The full management router.
 pub fn router(state: AppState) -> Router {
-    let mut app = Router::new().route("/health", get(health)).route("/metrics", get(metrics));
+    let mut app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics));
     for base in BASE_PATHS {
-        app = if base.is_empty() { app.merge(management_routes()) } else { app.nest(base, management_routes()) };
+        app = if base.is_empty() {
+            app.merge(management_routes())
+        } else {
+            app.nest(base, management_routes())
+        };
     }
-    app.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state)
+    app.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
 }

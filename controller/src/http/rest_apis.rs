@@ -44,7 +44,10 @@ fn parse_rest_api(doc: Value, path_name: Option<&str>) -> Result<(ValidApi, Stri
 pub fn render(e: &ApiEntry) -> Value {
     let r = &e.row;
     let mut v: Value = serde_json::from_str(&r.definition).unwrap_or_else(|_| json!({}));
-    let policies = v.pointer("/spec/policies").cloned().unwrap_or_else(|| json!([]));
+    let policies = v
+        .pointer("/spec/policies")
+        .cloned()
+        .unwrap_or_else(|| json!([]));
     let mut status = json!({"id": r.handle, "state": r.desired_state, "createdAt": r.created_at, "updatedAt": r.updated_at});
     if let Some(d) = &r.deployed_at {
         status["deployedAt"] = json!(d);
@@ -76,7 +79,8 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    p.map(|Path(id)| id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid path: {e}")))
+    p.map(|Path(id)| id)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid path: {e}")))
 }
 
 /// `POST /rest-apis`.
@@ -133,7 +137,9 @@ pub async fn delete(
     let id = path_id(id)?;
     let target = id.clone();
     blocking(&st.registry, move |r| r.delete(&target)).await?;
-    Ok(Json(json!({"status": "success", "message": "RestAPI deleted successfully", "id": id})))
+    Ok(Json(
+        json!({"status": "success", "message": "RestAPI deleted successfully", "id": id}),
+    ))
 }
 
 fn matches(e: &ApiEntry, key: &str, want: &str) -> bool {
@@ -148,10 +154,16 @@ fn matches(e: &ApiEntry, key: &str, want: &str) -> bool {
 }
 
 /// `GET /rest-apis?displayName=&version=&context=&status=`.
-pub async fn list(State(st): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     caller.require(DEFINITION_ROLES)?;
     let filters: Vec<(String, String)> =
-        url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
     let apis: Vec<Value> = st
         .registry
         .list()?
@@ -159,5 +171,7 @@ pub async fn list(State(st): State<AppState>, caller: Caller, RawQuery(q): RawQu
         .filter(|e| filters.iter().all(|(k, v)| matches(e, k, v)))
         .map(|e| render(e))
         .collect();
-    Ok(Json(json!({"status": "success", "count": apis.len(), "apis": apis})))
+    Ok(Json(
+        json!({"status": "success", "count": apis.len(), "apis": apis}),
+    ))
 }
