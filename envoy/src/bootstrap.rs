@@ -109,3 +109,22 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod compose_tests {
+    use super::*;
+
+    /// The bootstrap shipped for docker-compose is exactly what `render` produces for it.
+    #[test]
+    fn compose_bootstrap_file_is_current() {
+        let expected = render(&BootstrapSettings {
+            node_id: "gateway-1-router".into(),
+            xds_host: "controller".into(),
+            xds_port: 18000,
+            admin_host: "127.0.0.1".into(),
+            admin_port: 9901,
+        });
+        let shipped: Value = serde_json::from_str(include_str!("../compose-bootstrap.json")).unwrap();
+        assert_eq!(shipped, expected, "regenerate envoy/compose-bootstrap.json from bootstrap::render");
+    }
+}
