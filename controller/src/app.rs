@@ -123,10 +123,13 @@ pub async fn run(
     if let Some(t) = envoy_task {
         let _ = t.await;
     }
-    match xds_task.await {
-        Ok(Err(e)) => warn!(error = %e, "ADS server stopped with an error"),
-        Err(e) => warn!(error = %e, "ADS server task failed"),
-        Ok(Ok(())) => {}
+    // An external Envoy keeps its ADS stream open: give it a moment, then stop serving it.
+    let abort = xds_task.abort_handle();
+    match tokio::time::timeout(Duration::from_secs(3), xds_task).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "ADS server stopped with an error"),
+        Ok(Err(e)) if !e.is_cancelled() => warn!(error = %e, "ADS server task failed"),
+        Err(_) => abort.abort(),
+        _ => {}
     }
     info!("stopped");
     Ok(())

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use gateway_xds::{Xds, XdsSettings};
+use gateway_xds::{Xds, XdsError, XdsSettings};
 use tracing::{error, warn};
 
 use crate::model::{ApiRequest, DesiredState};
@@ -45,6 +45,9 @@ pub enum RegistryError {
     /// Storage failed; nothing was changed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The router translation could not start.
+    #[error(transparent)]
+    Xds(#[from] XdsError),
     /// The registry lock was poisoned by a panic elsewhere.
     #[error("registry unavailable")]
     Poisoned,
@@ -124,7 +127,7 @@ impl Registry {
         store: Store,
         settings: XdsSettings,
         sync_enabled: bool,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, RegistryError> {
         let mut state = State {
             store,
             apis: HashMap::new(),
@@ -146,7 +149,7 @@ impl Registry {
             state.index(&entry);
             state.apis.insert(entry.row.handle.clone(), Arc::new(entry));
         }
-        let xds = Xds::start(settings, initial);
+        let xds = Xds::start(settings, initial)?;
         Ok(Self {
             state: Mutex::new(state),
             xds,

@@ -124,7 +124,11 @@ mod compose_tests {
             admin_host: "127.0.0.1".into(),
             admin_port: 9901,
         });
-        let shipped: Value = serde_json::from_str(include_str!("../compose-bootstrap.json")).unwrap();
-        assert_eq!(shipped, expected, "regenerate envoy/compose-bootstrap.json from bootstrap::render");
+        let shipped: Value =
+            serde_json::from_str(include_str!("../compose-bootstrap.json")).unwrap();
+        assert_eq!(
+            shipped, expected,
+            "regenerate envoy/compose-bootstrap.json from bootstrap::render"
+        );
     }
 }

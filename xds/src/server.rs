@@ -69,6 +69,9 @@ pub enum XdsError {
     /// The gRPC server failed.
     #[error("ADS server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The translator thread could not be started.
+    #[error("cannot start the translator thread: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 /// Handle to the translator and the ADS server: feed it API changes, serve Envoy from it.
@@ -82,7 +85,7 @@ pub struct Xds {
 impl Xds {
     /// Translates the initial APIs synchronously (so Envoy never sees a partial table after a
     /// restart) and starts the translator thread that applies later changes.
-    pub fn start(settings: XdsSettings, initial: Vec<ApiRoutes>) -> Self {
+    pub fn start(settings: XdsSettings, initial: Vec<ApiRoutes>) -> Result<Self, XdsError> {
         let mut translator = Translator::new(settings);
         for api in initial {
             translator.apply(Change::Upsert(api));
@@ -95,14 +98,12 @@ impl Xds {
         let m = metrics.clone();
         std::thread::Builder::new()
             .name("xds-translator".into())
-            .spawn(move || translate_loop(translator, rx, snap_tx, m))
-            .map(|_| ())
-            .unwrap_or_else(|e| warn!(error = %e, "could not start the translator thread"));
-        Self {
+            .spawn(move || translate_loop(translator, rx, snap_tx, m))?;
+        Ok(Self {
             changes: tx,
             snapshots: snap_rx,
             metrics,
-        }
+        })
     }
 
     /// Adds or replaces an API in the router.

@@ -57,6 +57,13 @@ impl From<RegistryError> for ApiError {
                     "Storage is unavailable; nothing was changed",
                 )
             }
+            RegistryError::Xds(err) => {
+                error!(error = %err, "router translation failure");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Router translation is unavailable",
+                )
+            }
             RegistryError::Poisoned => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "Registry is unavailable")
             }
