@@ -22,7 +22,7 @@ use crate::ads_stream::{Event, StreamState};
 use crate::model::ApiRoutes;
 use crate::snapshot::{Change, Snapshot, Translator, XdsSettings};
 
-/// How long the translator waits for more changes before building a snapshot.
+/// How long the translator lets a burst of changes gather before building a snapshot.
 const COALESCE: Duration = Duration::from_millis(2);
 
 /// Counters describing what the ADS server has done.
@@ -165,12 +165,11 @@ fn translate_loop(
 ) {
     while let Ok(first) = rx.recv() {
         let mut changed = translator.apply(first);
-        loop {
-            match rx.recv_timeout(COALESCE) {
-                Ok(c) => changed |= translator.apply(c),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => break,
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-            }
+        // Let a burst gather for a moment, then take everything queued: under a sustained stream
+        // of changes snapshots are still built every few milliseconds.
+        std::thread::sleep(COALESCE);
+        while let Ok(c) = rx.try_recv() {
+            changed |= translator.apply(c);
         }
         if changed {
             let started = std::time::Instant::now();
