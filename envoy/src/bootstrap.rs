@@ -57,13 +57,32 @@ pub fn render(s: &BootstrapSettings) -> Value {
                 }}}}]}]
             }
         }]},
-        "overload_manager": {"resource_monitors": [{
-            "name": "envoy.resource_monitors.global_downstream_max_connections",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-                "max_active_downstream_connections": 50000
-            }
-        }]}
+        // Every route-table rebuild briefly holds the old and the new table. shrink_heap (kept
+        // active by a fixed_heap monitor with a limit far above any real use) makes Envoy hand
+        // free pages back to the OS once more than ~100 MiB of its heap is unused.
+        "overload_manager": {
+            "refresh_interval": "1s",
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 50000
+                    }
+                },
+                {
+                    "name": "envoy.resource_monitors.fixed_heap",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                        "max_heap_size_bytes": 68719476736u64
+                    }
+                }
+            ],
+            "actions": [{
+                "name": "envoy.overload_actions.shrink_heap",
+                "triggers": [{"name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": 0.00001}}]
+            }]
+        }
     })
 }
 

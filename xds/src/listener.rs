@@ -1,8 +1,12 @@
 //! Pure translation of the router settings into the single HTTP listener.
 
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    AccessLogFilter, ResponseFlagFilter, access_log_filter::FilterSpecifier,
+};
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address,
-    config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, SocketAddress,
+    SubstitutionFormatString, address, config_source::ConfigSourceSpecifier, data_source,
+    socket_address::PortSpecifier, substitution_format_string,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, Listener, filter,
@@ -10,14 +14,14 @@ use envoy_types::pb::envoy::config::listener::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, Rds,
+    HttpConnectionManager, HttpFilter, LocalReplyConfig, Rds, ResponseMapper,
     http_connection_manager::{CodecType, PathWithEscapedSlashesAction, RouteSpecifier},
     http_filter,
 };
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
-use crate::routes::ROUTE_CONFIG_NAME;
+use crate::routes::{NOT_FOUND_BODY, ROUTE_CONFIG_NAME};
 
 /// Name of the listener resource.
 pub const LISTENER_NAME: &str = "gateway_http";
@@ -37,6 +41,34 @@ impl Default for ListenerSettings {
             host: "0.0.0.0".into(),
             port: 8080,
         }
+    }
+}
+
+/// Envoy's own answer when no route matches becomes the JSON 404 of the contract, so the route
+/// table needs no catch-all routes.
+fn not_found_reply() -> LocalReplyConfig {
+    let inline = |s: &str| DataSource {
+        specifier: Some(data_source::Specifier::InlineString(s.to_string())),
+        ..Default::default()
+    };
+    LocalReplyConfig {
+        mappers: vec![ResponseMapper {
+            filter: Some(AccessLogFilter {
+                filter_specifier: Some(FilterSpecifier::ResponseFlagFilter(ResponseFlagFilter {
+                    flags: vec!["NR".into()],
+                })),
+            }),
+            body: Some(inline(NOT_FOUND_BODY)),
+            body_format_override: Some(SubstitutionFormatString {
+                format: Some(substitution_format_string::Format::TextFormatSource(
+                    inline("%LOCAL_REPLY_BODY%"),
+                )),
+                content_type: "application/json".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
     }
 }
 
@@ -67,6 +99,7 @@ pub fn listener(settings: &ListenerSettings) -> Listener {
         normalize_path: Some(BoolValue { value: true }),
         merge_slashes: true,
         path_with_escaped_slashes_action: PathWithEscapedSlashesAction::KeepUnchanged as i32,
+        local_reply_config: Some(not_found_reply()),
         ..Default::default()
     };
     Listener {

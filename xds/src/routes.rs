@@ -2,8 +2,9 @@
 //!
 //! The virtual host uses a `matcher` tree: a prefix map on `:path` keyed by each API context, each
 //! leaf a `RouteList` holding the routes of the APIs at that context and at its ancestor contexts,
-//! ordered by precedence, then a JSON 404. Lookup cost is therefore independent of how many APIs
-//! are deployed (a flat route list is scanned linearly by Envoy).
+//! ordered by precedence. Lookup cost is therefore independent of how many APIs are deployed (a
+//! flat route list is scanned linearly by Envoy). Paths no route serves get Envoy's "no route"
+//! answer, which the listener turns into the JSON 404.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,10 +23,9 @@ use envoy_types::pb::envoy::config::route::v3::{
     route_match::PathSpecifier,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    HttpRequestHeaderMatchInput, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
-    string_matcher::MatchPattern,
+    HttpRequestHeaderMatchInput, RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
-use envoy_types::pb::google::protobuf::{BoolValue, Duration as PbDuration};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration as PbDuration};
 use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
 use envoy_types::pb::xds::r#type::matcher::v3::{
     Matcher,
@@ -36,6 +36,7 @@ use envoy_types::pb::xds::r#type::matcher::v3::{
     },
 };
 use envoy_types::util::pack_any;
+use prost::{Message, Name};
 use sha2::{Digest, Sha256};
 
 use crate::clusters::cluster_name;
@@ -107,55 +108,150 @@ fn direct_response(status: u32, body: &str) -> Action {
     })
 }
 
-/// The catch-all route: any path, a JSON 404.
-pub fn not_found_route() -> Route {
-    Route {
-        name: "not-found".into(),
-        r#match: Some(RouteMatch {
-            path_specifier: Some(PathSpecifier::Prefix("/".into())),
-            ..Default::default()
-        }),
-        action: Some(direct_response(404, NOT_FOUND_BODY)),
-        response_headers_to_add: vec![json_header()],
-        ..Default::default()
+/// How a route recognises request paths (the query string is never part of the match).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The path equals this.
+    Exact(String),
+    /// The path is this, or continues below it after a `/`.
+    Below(String),
+    /// The path starts with this.
+    Prefix(String),
+}
+
+/// How a matched path is rewritten before it goes upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Unchanged.
+    Keep,
+    /// The matched part (the whole path for [`PathMatch::Exact`]) is replaced by this.
+    Prefix(String),
+}
+
+/// One Envoy route's worth of path handling for an operation: a cheap path match, an optional RE2
+/// check of the full `:path` for `{param}` templates, and a rewrite that strips the context and
+/// prepends the upstream base path. Literal and wildcard operations need no regex at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRule {
+    /// The path match.
+    pub matches: PathMatch,
+    /// RE2 applied to the `:path` header (query included) for templates.
+    pub template: Option<String>,
+    /// The rewrite.
+    pub rewrite: Rewrite,
+}
+
+fn rewrite_to(matched: &str, target: &str) -> Rewrite {
+    if matched == target {
+        Rewrite::Keep
+    } else {
+        Rewrite::Prefix(target.to_string())
     }
 }
 
-/// RE2 pattern matching exactly the request paths an operation serves under a context.
-pub fn path_regex(context: &str, path: &PathPattern) -> String {
+fn rule(matches: PathMatch, template: Option<String>, rewrite: Rewrite) -> PathRule {
+    PathRule {
+        matches,
+        template,
+        rewrite,
+    }
+}
+
+/// RE2 over the `:path` header (query included) that accepts exactly the paths a template serves.
+pub fn template_regex(context: &str, path: &PathPattern) -> String {
     let mut re = String::from("^");
     re.push_str(&regex_syntax::escape(context_prefix(context)));
     for seg in &path.segments {
         re.push('/');
         match seg {
             Segment::Literal(l) => re.push_str(&regex_syntax::escape(l)),
-            Segment::Param(_) => re.push_str("[^/]+"),
+            Segment::Param(_) => re.push_str("[^/?]+"),
         }
     }
     if path.wildcard {
-        re.push_str("(?:/.*)?");
-    } else if path.is_literal() {
-        // Literal paths (including the operation "/") match with or without one trailing slash.
-        re.push_str("/?");
+        re.push_str("(?:/[^?]*)?");
     }
-    re.push('$');
+    re.push_str(r"(?:\?.*)?$");
     re
 }
 
-/// The path rewrite that strips the context and prepends the upstream base path, or `None` when
-/// the path passes through unchanged.
-pub fn path_rewrite(context: &str, base_path: &str) -> Option<(String, String)> {
+/// The path rules of an operation under a context, forwarding to an upstream base path.
+/// Literal paths match with or without one trailing slash; `/*` matches the prefix and below;
+/// `{param}` matches one segment.
+pub fn path_rules(context: &str, path: &PathPattern, base: &str) -> Vec<PathRule> {
     let ctx = context_prefix(context);
-    if ctx.is_empty() && base_path.is_empty() {
-        return None;
+    let leading: String = path
+        .segments
+        .iter()
+        .map_while(|s| match s {
+            Segment::Literal(l) => Some(format!("/{l}")),
+            Segment::Param(_) => None,
+        })
+        .collect();
+    let all_literal = path
+        .segments
+        .iter()
+        .all(|s| matches!(s, Segment::Literal(_)));
+    let (matched, target) = (format!("{ctx}{leading}"), format!("{base}{leading}"));
+    if !all_literal {
+        // A template: the literal prefix up to the first parameter selects cheaply, the regex
+        // checks the whole shape, the prefix rewrite swaps the context for the base path.
+        let rewrite = rewrite_to(&format!("{matched}/"), &format!("{target}/"));
+        return vec![rule(
+            PathMatch::Prefix(format!("{matched}/")),
+            Some(template_regex(context, path)),
+            rewrite,
+        )];
     }
-    let escaped = regex_syntax::escape(ctx);
-    if base_path.is_empty() {
-        // Keep the remainder absolute: "/ctx" and "/ctx/" both become "/".
-        Some((format!("^{escaped}/?(.*)$"), r"/\1".to_string()))
+    if path.wildcard {
+        return match (matched.is_empty(), target.is_empty()) {
+            (true, _) => vec![rule(
+                PathMatch::Prefix("/".into()),
+                None,
+                rewrite_to("/", &format!("{target}/")),
+            )],
+            (false, false) => vec![rule(
+                PathMatch::Below(matched.clone()),
+                None,
+                rewrite_to(&matched, &target),
+            )],
+            // Context stripped to nothing: "/ctx" and "/ctx/..." both become absolute paths.
+            (false, true) => vec![
+                rule(PathMatch::Exact(matched), None, Rewrite::Prefix("/".into())),
+                rule(
+                    PathMatch::Prefix(format!("{ctx}/")),
+                    None,
+                    Rewrite::Prefix("/".into()),
+                ),
+            ],
+        };
+    }
+    if matched.is_empty() {
+        return vec![rule(
+            PathMatch::Exact("/".into()),
+            None,
+            rewrite_to("/", &format!("{target}/")),
+        )];
+    }
+    // Two exact routes are cheaper in Envoy than one route with a regex (measured: 3.4 vs 3.8 KiB
+    // of heap per operation, and faster to apply).
+    let bare = if target.is_empty() {
+        "/".to_string()
     } else {
-        Some((format!("^{escaped}(.*)$"), format!(r"{base_path}\1")))
-    }
+        target.clone()
+    };
+    vec![
+        rule(
+            PathMatch::Exact(matched.clone()),
+            None,
+            rewrite_to(&matched, &bare),
+        ),
+        rule(
+            PathMatch::Exact(format!("{matched}/")),
+            None,
+            rewrite_to(&format!("{matched}/"), &format!("{target}/")),
+        ),
+    ]
 }
 
 fn exact(value: &str) -> StringMatcher {
@@ -197,64 +293,87 @@ fn precedence(api: &ApiRoutes, op: &Operation) -> Precedence {
     }
 }
 
-/// Translates one operation of an API into its route.
-pub fn operation_route(api: &ApiRoutes, op: &Operation, settings: &RouteSettings) -> RankedRoute {
-    let r#match = RouteMatch {
-        path_specifier: Some(PathSpecifier::SafeRegex(regex(path_regex(
-            &api.context,
-            &op.path,
-        )))),
-        headers: vec![HeaderMatcher {
-            name: ":method".into(),
-            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(exact(&op.method))),
-            ..Default::default()
-        }],
+fn route_match(rule: &PathRule, method: &str) -> RouteMatch {
+    let path_specifier = match &rule.matches {
+        PathMatch::Exact(p) => PathSpecifier::Path(p.clone()),
+        PathMatch::Below(p) => PathSpecifier::PathSeparatedPrefix(p.clone()),
+        PathMatch::Prefix(p) => PathSpecifier::Prefix(p.clone()),
+    };
+    let mut headers = vec![HeaderMatcher {
+        name: ":method".into(),
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(exact(method))),
         ..Default::default()
-    };
-    let (action, response_headers_to_add) = if op.guarded {
-        (
-            direct_response(503, POLICY_UNAVAILABLE_BODY),
-            vec![json_header()],
-        )
-    } else {
-        let regex_rewrite =
-            path_rewrite(&api.context, &api.upstream.base_path).map(|(pattern, substitution)| {
-                RegexMatchAndSubstitute {
-                    pattern: Some(regex(pattern)),
-                    substitution,
-                }
-            });
-        let action = RouteAction {
-            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster_name(&api.upstream))),
-            regex_rewrite,
-            host_rewrite_specifier: Some(HostRewriteSpecifier::AutoHostRewrite(BoolValue {
-                value: true,
+    }];
+    if let Some(re) = &rule.template {
+        headers.push(HeaderMatcher {
+            name: ":path".into(),
+            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(MatchPattern::SafeRegex(regex(re.clone()))),
+                ..Default::default()
             })),
-            timeout: Some(PbDuration {
-                seconds: settings.route_timeout.as_secs() as i64,
-                nanos: settings.route_timeout.subsec_nanos() as i32,
-            }),
             ..Default::default()
-        };
-        (Action::Route(action), Vec::new())
-    };
-    RankedRoute {
-        precedence: precedence(api, op),
-        route: Route {
-            name: route_name(api, op),
-            r#match: Some(r#match),
-            action: Some(action),
-            response_headers_to_add,
-            ..Default::default()
-        },
+        });
     }
+    RouteMatch {
+        path_specifier: Some(path_specifier),
+        headers,
+        ..Default::default()
+    }
+}
+
+/// Translates one operation of an API into its routes (two for a literal path: with and without
+/// a trailing slash).
+pub fn operation_routes(
+    api: &ApiRoutes,
+    op: &Operation,
+    settings: &RouteSettings,
+) -> Vec<RankedRoute> {
+    let timeout = PbDuration {
+        seconds: settings.route_timeout.as_secs() as i64,
+        nanos: settings.route_timeout.subsec_nanos() as i32,
+    };
+    path_rules(&api.context, &op.path, &api.upstream.base_path)
+        .into_iter()
+        .map(|rule| {
+            let (action, response_headers_to_add) = if op.guarded {
+                (
+                    direct_response(503, POLICY_UNAVAILABLE_BODY),
+                    vec![json_header()],
+                )
+            } else {
+                let action = RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(cluster_name(&api.upstream))),
+                    prefix_rewrite: match &rule.rewrite {
+                        Rewrite::Keep => String::new(),
+                        Rewrite::Prefix(p) => p.clone(),
+                    },
+                    host_rewrite_specifier: Some(HostRewriteSpecifier::AutoHostRewrite(
+                        BoolValue { value: true },
+                    )),
+                    timeout: Some(timeout),
+                    ..Default::default()
+                };
+                (Action::Route(action), Vec::new())
+            };
+            RankedRoute {
+                precedence: precedence(api, op),
+                route: Route {
+                    name: route_name(api, op),
+                    r#match: Some(route_match(&rule, &op.method)),
+                    action: Some(action),
+                    response_headers_to_add,
+                    ..Default::default()
+                },
+            }
+        })
+        .collect()
 }
 
 /// Translates every operation of an API into ranked routes.
 pub fn api_routes(api: &ApiRoutes, settings: &RouteSettings) -> Vec<RankedRoute> {
     api.operations
         .iter()
-        .map(|op| operation_route(api, op, settings))
+        .flat_map(|op| operation_routes(api, op, settings))
         .collect()
 }
 
@@ -266,11 +385,28 @@ pub fn forwarded_upstream(api: &ApiRoutes) -> Option<&Upstream> {
         .then_some(&api.upstream)
 }
 
-fn route_list_action(routes: Vec<Route>) -> OnMatch {
+/// A route kept encoded: the table holds tens of thousands of them, and the encoded form is a
+/// fraction of the size of the message struct.
+struct StoredRoute {
+    precedence: Precedence,
+    encoded: Box<[u8]>,
+}
+
+/// Encodes a `RouteList` from already encoded routes (byte-identical to encoding the message).
+fn route_list_action(routes: &[&StoredRoute]) -> OnMatch {
+    let mut value = Vec::with_capacity(routes.iter().map(|r| r.encoded.len() + 4).sum());
+    for r in routes {
+        prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut value);
+        prost::encoding::encode_varint(r.encoded.len() as u64, &mut value);
+        value.extend_from_slice(&r.encoded);
+    }
     OnMatch {
         on_match: Some(on_match::OnMatch::Action(TypedExtensionConfig {
             name: "routes".into(),
-            typed_config: Some(pack_any(RouteList { routes })),
+            typed_config: Some(Any {
+                type_url: RouteList::type_url(),
+                value,
+            }),
         })),
         ..Default::default()
     }
@@ -296,7 +432,7 @@ fn ancestors(context: &str) -> Vec<String> {
 
 struct ApiEntry {
     context: String,
-    routes: Vec<RankedRoute>,
+    routes: Box<[StoredRoute]>,
     upstream: Option<Upstream>,
     fingerprint: [u8; 32],
 }
@@ -376,7 +512,16 @@ impl RouteTable {
             api.id.clone(),
             ApiEntry {
                 context: api.context.clone(),
-                routes: api_routes(api, &self.settings),
+                routes: api_routes(api, &self.settings)
+                    .into_iter()
+                    .map(|r| StoredRoute {
+                        precedence: r.precedence,
+                        encoded: r.route.encode_to_vec().into(),
+                    })
+                    // A boxed slice: collecting in place would keep the (much larger) allocation
+                    // of the message structs alive.
+                    .collect::<Vec<_>>()
+                    .into_boxed_slice(),
                 upstream: forwarded_upstream(api).cloned(),
                 fingerprint: fp,
             },
@@ -420,7 +565,7 @@ impl RouteTable {
     }
 
     fn list_for(&self, context: &str) -> OnMatch {
-        let mut ranked: Vec<&RankedRoute> = Vec::new();
+        let mut ranked: Vec<&StoredRoute> = Vec::new();
         let mut contexts = vec![context.to_string()];
         contexts.extend(ancestors(context));
         for ctx in &contexts {
@@ -433,9 +578,7 @@ impl RouteTable {
             }
         }
         ranked.sort_by(|a, b| a.precedence.cmp(&b.precedence));
-        let mut routes: Vec<Route> = ranked.into_iter().map(|r| r.route.clone()).collect();
-        routes.push(not_found_route());
-        route_list_action(routes)
+        route_list_action(&ranked)
     }
 
     /// Builds the route configuration, reusing the cached lists of untouched contexts.
@@ -457,9 +600,7 @@ impl RouteTable {
             domains: vec!["*".into()],
             ..Default::default()
         };
-        if self.contexts.is_empty() {
-            vhost.routes = vec![not_found_route()];
-        } else {
+        if !self.contexts.is_empty() {
             let map = self
                 .contexts
                 .iter()
@@ -475,7 +616,7 @@ impl RouteTable {
                     }),
                     tree_type: Some(TreeType::PrefixMatchMap(MatchMap { map })),
                 })),
-                on_no_match: Some(Box::new(route_list_action(vec![not_found_route()]))),
+                on_no_match: None,
             });
         }
         RouteConfiguration {
@@ -530,54 +671,115 @@ mod tests {
         list.routes.into_iter().map(|r| r.name).collect()
     }
 
-    #[test]
-    fn path_regexes() {
-        let p = |s| PathPattern::parse(s).unwrap();
-        assert_eq!(
-            path_regex("/petstore", &p("/pet/{petId}")),
-            "^/petstore/pet/[^/]+$"
-        );
-        assert_eq!(
-            path_regex("/petstore", &p("/store/inventory")),
-            "^/petstore/store/inventory/?$"
-        );
-        assert_eq!(path_regex("/petstore", &p("/")), "^/petstore/?$");
-        assert_eq!(
-            path_regex("/weather/v1.0", &p("/*")),
-            r"^/weather/v1\.0(?:/.*)?$"
-        );
-        assert_eq!(path_regex("/w", &p("/forecast/*")), "^/w/forecast(?:/.*)?$");
-        assert_eq!(path_regex("/", &p("/")), "^/?$");
-        assert_eq!(path_regex("/", &p("/a")), "^/a/?$");
+    fn rules(ctx: &str, path: &str, base: &str) -> Vec<PathRule> {
+        path_rules(ctx, &PathPattern::parse(path).unwrap(), base)
+    }
+
+    fn exact_to(p: &str, to: Option<&str>) -> PathRule {
+        PathRule {
+            matches: PathMatch::Exact(p.into()),
+            template: None,
+            rewrite: to.map_or(Rewrite::Keep, |t| Rewrite::Prefix(t.into())),
+        }
     }
 
     #[test]
-    fn path_rewrites() {
+    fn literal_paths_are_two_exact_matches_without_regex() {
         assert_eq!(
-            path_rewrite("/weather/v1.0", "/api/v2"),
-            Some((
-                r"^/weather/v1\.0(.*)$".to_string(),
-                r"/api/v2\1".to_string()
-            ))
+            rules("/petstore", "/store/inventory", "/api/v3"),
+            vec![
+                exact_to("/petstore/store/inventory", Some("/api/v3/store/inventory")),
+                exact_to(
+                    "/petstore/store/inventory/",
+                    Some("/api/v3/store/inventory/")
+                ),
+            ]
         );
         assert_eq!(
-            path_rewrite("/petstore", ""),
-            Some(("^/petstore/?(.*)$".to_string(), r"/\1".to_string()))
+            rules("/petstore", "/", ""),
+            vec![
+                exact_to("/petstore", Some("/")),
+                exact_to("/petstore/", Some("/"))
+            ]
         );
-        assert_eq!(path_rewrite("/", ""), None);
         assert_eq!(
-            path_rewrite("/", "/base"),
-            Some(("^(.*)$".to_string(), r"/base\1".to_string()))
+            rules("/w", "/", "/api"),
+            vec![exact_to("/w", Some("/api")), exact_to("/w/", Some("/api/"))]
+        );
+        assert_eq!(rules("/", "/", ""), vec![exact_to("/", None)]);
+        assert_eq!(
+            rules("/", "/a", ""),
+            vec![exact_to("/a", None), exact_to("/a/", None)]
+        );
+    }
+
+    #[test]
+    fn templates_select_by_prefix_and_check_by_regex() {
+        assert_eq!(
+            rules("/petstore", "/pet/{petId}", "/api"),
+            vec![PathRule {
+                matches: PathMatch::Prefix("/petstore/pet/".into()),
+                template: Some(r"^/petstore/pet/[^/?]+(?:\?.*)?$".into()),
+                rewrite: Rewrite::Prefix("/api/pet/".into()),
+            }]
+        );
+        let r = rules("/weather/v1.0", "/{country}/{city}", "");
+        assert_eq!(r[0].matches, PathMatch::Prefix("/weather/v1.0/".into()));
+        assert_eq!(
+            r[0].template.as_deref(),
+            Some(r"^/weather/v1\.0/[^/?]+/[^/?]+(?:\?.*)?$")
+        );
+        assert_eq!(r[0].rewrite, Rewrite::Prefix("/".into()));
+        assert_eq!(rules("/", "/{id}", "")[0].rewrite, Rewrite::Keep);
+        assert_eq!(
+            rules("/a", "/{id}/*", "")[0].template.as_deref(),
+            Some(r"^/a/[^/?]+(?:/[^?]*)?(?:\?.*)?$")
+        );
+    }
+
+    #[test]
+    fn wildcards_match_below_a_prefix() {
+        let below = |p: &str, to: &str| PathRule {
+            matches: PathMatch::Below(p.into()),
+            template: None,
+            rewrite: Rewrite::Prefix(to.into()),
+        };
+        assert_eq!(
+            rules("/w", "/forecast/*", "/api"),
+            vec![below("/w/forecast", "/api/forecast")]
+        );
+        assert_eq!(rules("/w", "/*", "/api"), vec![below("/w", "/api")]);
+        assert_eq!(
+            rules("/w", "/*", ""),
+            vec![
+                exact_to("/w", Some("/")),
+                PathRule {
+                    matches: PathMatch::Prefix("/w/".into()),
+                    template: None,
+                    rewrite: Rewrite::Prefix("/".into())
+                },
+            ]
+        );
+        assert_eq!(
+            rules("/", "/*", "/b"),
+            vec![PathRule {
+                matches: PathMatch::Prefix("/".into()),
+                template: None,
+                rewrite: Rewrite::Prefix("/b/".into())
+            }]
         );
     }
 
     #[test]
     fn operation_route_forwards_to_cluster_with_method_match() {
         let a = api("PetStore", "/petstore", &[("GET", "/pet/{petId}")]);
-        let r = operation_route(&a, &a.operations[0], &RouteSettings::default()).route;
+        let r = operation_routes(&a, &a.operations[0], &RouteSettings::default())
+            .remove(0)
+            .route;
         assert_eq!(r.name, "PetStore|GET|/pet/{}");
         let m = r.r#match.unwrap();
         assert_eq!(m.headers[0].name, ":method");
+        assert_eq!(m.headers[1].name, ":path");
         let Some(Action::Route(action)) = r.action else {
             panic!("not a route action")
         };
@@ -587,14 +789,38 @@ mod tests {
                 "upstream_http_127_0_0_1_9080".into()
             ))
         );
-        assert_eq!(action.regex_rewrite.unwrap().substitution, r"/api/v2\1");
+        assert_eq!(action.prefix_rewrite, "/api/v2/pet/");
+        assert!(action.regex_rewrite.is_none());
+    }
+
+    #[test]
+    fn route_lists_from_encoded_routes_match_the_message_encoding() {
+        let a = api("a", "/a", &[("GET", "/x"), ("GET", "/{id}")]);
+        let routes: Vec<Route> = api_routes(&a, &RouteSettings::default())
+            .into_iter()
+            .map(|r| r.route)
+            .collect();
+        let stored: Vec<StoredRoute> = api_routes(&a, &RouteSettings::default())
+            .into_iter()
+            .map(|r| StoredRoute {
+                precedence: r.precedence,
+                encoded: r.route.encode_to_vec().into(),
+            })
+            .collect();
+        let refs: Vec<&StoredRoute> = stored.iter().collect();
+        let Some(on_match::OnMatch::Action(action)) = route_list_action(&refs).on_match else {
+            panic!("no action")
+        };
+        assert_eq!(action.typed_config, Some(pack_any(RouteList { routes })));
     }
 
     #[test]
     fn guarded_operations_fail_closed() {
         let mut a = api("P", "/p", &[("GET", "/x")]);
         a.operations[0].guarded = true;
-        let r = operation_route(&a, &a.operations[0], &RouteSettings::default()).route;
+        let r = operation_routes(&a, &a.operations[0], &RouteSettings::default())
+            .remove(0)
+            .route;
         let Some(Action::DirectResponse(d)) = r.action else {
             panic!("expected direct response")
         };
@@ -614,17 +840,18 @@ mod tests {
         let cfg = t.route_configuration();
         assert_eq!(
             list_names(&cfg, "/a"),
-            vec!["a|GET|/b/c", "a|GET|/b/{}", "a|GET|/*", "not-found"]
+            vec!["a|GET|/b/c", "a|GET|/b/c", "a|GET|/b/{}", "a|GET|/*"],
+            "a literal path is two exact routes (with and without a trailing slash)"
         );
         assert_eq!(
             list_names(&cfg, "/a/b"),
             vec![
                 "a|GET|/b/c",
+                "a|GET|/b/c",
                 "a|GET|/b/{}",
                 "ab|POST|/{}",
                 "ab|GET|/*",
                 "a|GET|/*",
-                "not-found"
             ]
         );
     }
@@ -654,8 +881,8 @@ mod tests {
         let cfg = t.route_configuration();
         assert_eq!(
             list_names(&cfg, "/a/b"),
-            vec!["ab|GET|/x", "root|GET|/*", "not-found"]
+            vec!["ab|GET|/x", "ab|GET|/x", "root|GET|/*"]
         );
-        assert_eq!(list_names(&cfg, "/"), vec!["root|GET|/*", "not-found"]);
+        assert_eq!(list_names(&cfg, "/"), vec!["root|GET|/*"]);
     }
 }
