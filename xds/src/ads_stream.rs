@@ -157,7 +157,13 @@ impl StreamState {
         let mut out = Vec::new();
         if self.cds.subscribed && !self.cds.pending {
             let mut desired = snap.clusters.clone();
-            for name in &self.rds_acked_clusters {
+            // Keep every cluster that routes Envoy runs, or is about to run, still use.
+            let in_flight = self.rds.pending.then_some(&self.rds_sent_clusters);
+            for name in self
+                .rds_acked_clusters
+                .iter()
+                .chain(in_flight.into_iter().flatten())
+            {
                 if let Some(r) = self.cds_sent.get(name) {
                     desired.entry(name.clone()).or_insert_with(|| r.clone());
                 }
@@ -310,6 +316,47 @@ mod tests {
             r[0].resources.len(),
             1,
             "old cluster removed after routes moved"
+        );
+    }
+
+    #[test]
+    fn clusters_of_routes_awaiting_their_ack_are_kept() {
+        let mut t = Translator::new(XdsSettings::default());
+        t.apply(Change::Upsert(api("a", 1)));
+        let mut s = StreamState::default();
+        converge(&mut s, &t.snapshot());
+        // Move to upstream 2: CDS {1,2} is ACKed, then routes to 2 go out.
+        t.apply(Change::Upsert(api("a", 2)));
+        let snap2 = t.snapshot();
+        let r = s.responses(&snap2);
+        s.on_request(&request(Kind::Cluster, &r[0].nonce, &[]));
+        let r = s.responses(&snap2);
+        assert_eq!(kinds(&r), vec!["RouteConfiguration"]);
+        // Before Envoy ACKs those routes, move to upstream 3: cluster 2 must survive.
+        t.apply(Change::Upsert(api("a", 3)));
+        let snap3 = t.snapshot();
+        let r = s.responses(&snap3);
+        assert_eq!(kinds(&r), vec!["Cluster"]);
+        let names: Vec<String> = r[0]
+            .resources
+            .iter()
+            .map(|a| {
+                prost::Message::decode(a.value.as_slice())
+                    .map(|c: envoy_types::pb::envoy::config::cluster::v3::Cluster| c.name)
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            names.iter().any(|n| n.contains("_2")),
+            "cluster of in-flight routes kept: {names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n.contains("_1")),
+            "cluster of acknowledged routes kept: {names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n.contains("_3")),
+            "new cluster added: {names:?}"
         );
     }
 

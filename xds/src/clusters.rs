@@ -24,6 +24,8 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher:
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use envoy_types::util::pack_any;
 
+use sha2::{Digest, Sha256};
+
 use crate::model::{Scheme, Upstream};
 
 /// Knobs of cluster translation that come from the gateway configuration.
@@ -44,7 +46,8 @@ impl Default for ClusterSettings {
     }
 }
 
-/// The cluster name shared by every API that forwards to the same scheme, host and port.
+/// The cluster name shared by every API that forwards to the same scheme, host and port. A hash
+/// of the exact triple keeps names unique when the readable part is sanitised (`a.b` vs `a_b`).
 pub fn cluster_name(u: &Upstream) -> String {
     let host: String = u
         .host
@@ -57,7 +60,14 @@ pub fn cluster_name(u: &Upstream) -> String {
             }
         })
         .collect();
-    format!("upstream_{}_{}_{}", u.scheme.as_str(), host, u.port)
+    let digest = Sha256::digest(format!("{}://{}:{}", u.scheme.as_str(), u.host, u.port));
+    format!(
+        "upstream_{}_{}_{}_{}",
+        u.scheme.as_str(),
+        host,
+        u.port,
+        hex::encode(&digest[..4])
+    )
 }
 
 fn tls_socket(u: &Upstream, is_ip: bool, settings: &ClusterSettings) -> TransportSocket {
@@ -165,14 +175,24 @@ mod tests {
     }
 
     #[test]
-    fn names_are_shared_per_scheme_host_port() {
-        assert_eq!(
-            cluster_name(&up(Scheme::Http, "petstore.example.com", 80)),
-            "upstream_http_petstore_example_com_80"
+    fn names_are_shared_per_scheme_host_port_and_unique() {
+        let a = cluster_name(&up(Scheme::Http, "petstore.example.com", 80));
+        assert!(
+            a.starts_with("upstream_http_petstore_example_com_80_"),
+            "{a}"
         );
         assert_eq!(
-            cluster_name(&up(Scheme::Https, "::1", 8443)),
-            "upstream_https___1_8443"
+            a,
+            cluster_name(&up(Scheme::Http, "petstore.example.com", 80))
+        );
+        assert_ne!(
+            cluster_name(&up(Scheme::Http, "a.b", 80)),
+            cluster_name(&up(Scheme::Http, "a_b", 80)),
+            "sanitised names stay distinct"
+        );
+        assert_ne!(
+            cluster_name(&up(Scheme::Http, "h", 80)),
+            cluster_name(&up(Scheme::Https, "h", 80))
         );
     }
 

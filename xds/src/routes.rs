@@ -785,9 +785,7 @@ mod tests {
         };
         assert_eq!(
             action.cluster_specifier,
-            Some(ClusterSpecifier::Cluster(
-                "upstream_http_127_0_0_1_9080".into()
-            ))
+            Some(ClusterSpecifier::Cluster(cluster_name(&a.upstream)))
         );
         assert_eq!(action.prefix_rewrite, "/api/v2/pet/");
         assert!(action.regex_rewrite.is_none());
