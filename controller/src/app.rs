@@ -1,6 +1,6 @@
 //! Wiring: storage, registry, ADS server, management API and (optionally) a supervised Envoy.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +18,9 @@ use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::registry::Registry;
 use crate::store::Store;
+
+/// How long open management requests may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 fn xds_settings(c: &Config, trusted_ca_file: PathBuf) -> XdsSettings {
     let t = &c.router.upstream.timeouts;
@@ -37,10 +40,19 @@ fn xds_settings(c: &Config, trusted_ca_file: PathBuf) -> XdsSettings {
 }
 
 /// The trust bundle for https upstreams: the system roots, plus `[router.upstream.tls] ca_file`
-/// combined into one file under the data directory when set.
+/// combined into one file under the data directory when set (an Envoy running elsewhere, as in
+/// docker-compose, must see that directory at the same path).
 fn trusted_ca_file(c: &Config) -> anyhow::Result<PathBuf> {
     let tls = &c.router.upstream.tls;
     if tls.ca_file.is_empty() {
+        // Envoy rejects a cluster whose trust bundle is missing, which would hold back every
+        // later route update: refuse to start instead.
+        std::fs::metadata(&tls.system_ca_file).with_context(|| {
+            format!(
+                "router.upstream.tls.system_ca_file {} is not readable",
+                tls.system_ca_file
+            )
+        })?;
         return Ok(PathBuf::from(&tls.system_ca_file));
     }
     let extra = std::fs::read_to_string(&tls.ca_file)
@@ -117,9 +129,22 @@ pub async fn run(
         auth: Arc::new(Authenticator::new(&config.controller.auth.basic)),
         max_body: config.controller.server.max_body_bytes,
     };
-    axum::serve(api_listener, router(state))
-        .with_graceful_shutdown(stopped(stop_rx.clone()))
-        .await?;
+    let mut api_task = tokio::spawn(
+        axum::serve(api_listener, router(state))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    let mut grace_rx = stop_rx.clone();
+    tokio::select! {
+        served = &mut api_task => served??,
+        _ = async {
+            stop_requested(&mut grace_rx).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            warn!("management connections still open after the grace period; closing them");
+            api_task.abort();
+        }
+    }
     if let Some(t) = envoy_task {
         let _ = t.await;
     }
@@ -178,8 +203,13 @@ async fn supervise_envoy(config: Config, xds_addr: SocketAddr, mut stop: watch::
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                error!(error = %e, "cannot start Envoy");
-                return;
+                error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot start Envoy");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop_requested(&mut stop) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
             }
         };
         info!(

@@ -134,11 +134,14 @@ impl Authenticator {
             .map_err(|_| AuthError::Invalid)?;
         let text = String::from_utf8(decoded).map_err(|_| AuthError::Invalid)?;
         let (name, password) = text.split_once(':').ok_or(AuthError::Invalid)?;
-        let idx = self
+        let Some(idx) = self
             .users
             .iter()
             .position(|u| u.username.eq_ignore_ascii_case(name))
-            .ok_or(AuthError::Invalid)?;
+        else {
+            self.spend_like_a_check(password);
+            return Err(AuthError::Invalid);
+        };
         let user = &self.users[idx];
         let ok = match &user.secret {
             Secret::Plain(digest) => {
@@ -162,6 +165,24 @@ impl Authenticator {
             })
         } else {
             Err(AuthError::Invalid)
+        }
+    }
+
+    /// Does the work of a password check against the first configured user's secret, so that an
+    /// unknown user name takes as long to reject as a wrong password (no user enumeration).
+    fn spend_like_a_check(&self, password: &str) {
+        match self.users.first().map(|u| &u.secret) {
+            Some(Secret::Bcrypt(hash)) => {
+                let _ = bcrypt::verify(password, hash);
+            }
+            Some(Secret::Argon2(hash)) => {
+                if let Ok(h) = PasswordHash::new(hash) {
+                    let _ = Argon2::default().verify_password(password.as_bytes(), &h);
+                }
+            }
+            Some(Secret::Plain(_)) | None => {
+                let _ = Sha256::digest(password.as_bytes());
+            }
         }
     }
 

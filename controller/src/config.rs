@@ -457,6 +457,15 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         return bad("controller.auth.basic is enabled but no [[controller.auth.basic.users]] are configured".into());
     }
     for (i, u) in basic.users.iter().enumerate() {
+        if basic.users[..i]
+            .iter()
+            .any(|o| o.username.eq_ignore_ascii_case(&u.username))
+        {
+            return bad(format!(
+                "controller.auth.basic.users[{i}]: user names are matched case-insensitively and '{}' is defined twice",
+                u.username
+            ));
+        }
         if u.username.trim().is_empty() || u.password.is_empty() {
             return bad(format!(
                 "controller.auth.basic.users[{i}] needs a username and a password"

@@ -66,7 +66,9 @@ impl Errors {
 }
 
 fn is_name(s: &str) -> bool {
-    (1..=63).contains(&s.len())
+    s != "."
+        && s != ".."
+        && (1..=63).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
@@ -499,6 +501,13 @@ mod tests {
     fn names_versions_contexts() {
         let mut v = seed();
         v["metadata"]["name"] = json!("x".repeat(64));
+        let mut dots = seed();
+        dots["metadata"]["name"] = json!("..");
+        assert_eq!(
+            fields(dots),
+            vec!["metadata.name"],
+            "'..' cannot be addressed in a URL"
+        );
         v["spec"]["version"] = json!("1.2.3.4");
         v["spec"]["context"] = json!("/a//b");
         assert_eq!(

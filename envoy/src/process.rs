@@ -71,7 +71,8 @@ pub struct EnvoyCommand {
 impl EnvoyCommand {
     /// Spawns Envoy. Hot restart is disabled (several Envoys may share a host), the child is killed
     /// when the handle is dropped, and on Linux it also receives SIGTERM when its parent dies, so a
-    /// crashed or killed parent never leaves a stale Envoy holding the listener port.
+    /// crashed or killed parent never leaves a stale Envoy holding the listener port. (The signal
+    /// follows the spawning *thread*: call this from a long-lived thread, such as a runtime worker.)
     pub fn spawn(&self) -> Result<Child, EnvoyError> {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("-c")
@@ -87,11 +88,16 @@ impl EnvoyCommand {
         }
         #[cfg(target_os = "linux")]
         {
-            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+            let parent = std::process::id();
+            // SAFETY: prctl, getppid and _exit are async-signal-safe and touch no memory of the
+            // parent. If the parent died before prctl took effect, exit instead of living on.
             unsafe {
-                cmd.pre_exec(|| {
+                cmd.pre_exec(move || {
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
                         return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::getppid() as u32 != parent {
+                        libc::_exit(1);
                     }
                     Ok(())
                 });

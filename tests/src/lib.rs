@@ -369,6 +369,15 @@ impl Gateway {
         Ok((r.status(), r.json().await.unwrap_or(Value::Null)))
     }
 
+    /// `GET /metrics` (Prometheus text) as admin.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let r = self.mgmt(Method::GET, "/metrics").send().await?;
+        if !r.status().is_success() {
+            bail!("GET /metrics answered {}", r.status());
+        }
+        Ok(r.text().await?)
+    }
+
     /// A request through the router; returns status and body text.
     pub async fn route(&self, method: Method, path: &str) -> Result<(StatusCode, String)> {
         let r = self

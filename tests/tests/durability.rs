@@ -207,13 +207,7 @@ async fn changes_to_other_apis_never_fail_live_traffic() -> anyhow::Result<()> {
         0,
         "requests to an untouched API failed during changes"
     );
-    let metrics = gw
-        .client()
-        .get(gw.mgmt_url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = gw.metrics_text().await?;
     assert!(metrics.contains("gateway_xds_nacks_total 0"), "{metrics}");
     Ok(())
 }

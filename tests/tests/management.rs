@@ -43,6 +43,9 @@ async fn three_base_paths_serve_the_same_resources() -> anyhow::Result<()> {
     let r = gw.client().get(gw.mgmt_url("/health")).send().await?;
     assert_eq!(r.status(), 200, "health needs no auth");
     assert_eq!(r.json::<Value>().await?, json!({"status": "healthy"}));
+    let r = gw.client().get(gw.mgmt_url("/metrics")).send().await?;
+    assert_eq!(r.status(), 401, "metrics need credentials");
+    assert!(gw.metrics_text().await?.contains("gateway_xds_nacks_total"));
     let (s, body) = gw.get_json("/no/such/thing").await?;
     assert_eq!(s, 404);
     assert_eq!(body["status"], "error");

@@ -254,10 +254,7 @@ async fn root_context_and_https_upstream_translation() -> anyhow::Result<()> {
     );
     assert_eq!(gw.create_api(&tls).await?.0, 201);
     gw.wait_route_status("/tls/x", 503).await?;
-    let (_, metrics) = {
-        let r = gw.client().get(gw.mgmt_url("/metrics")).send().await?;
-        (r.status(), r.text().await?)
-    };
+    let metrics = gw.metrics_text().await?;
     assert!(metrics.contains("gateway_xds_nacks_total 0"), "{metrics}");
     Ok(())
 }

@@ -2,10 +2,16 @@
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::Value;
 
 use super::error::ApiError;
+
+/// Largest oversized body read (and discarded) before answering 413.
+const DRAIN_LIMIT: usize = 16 << 20;
+
+/// How long a client may take to send a request body.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -44,27 +50,56 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// Reads the body (at most `limit` bytes). An empty body is `None`.
+/// Reads the body, at most `limit` bytes. A larger body is answered 413; it is still read (and
+/// discarded, up to `DRAIN_LIMIT`) so that the client, which may still be sending, receives the
+/// answer instead of a reset connection.
 pub async fn read_bytes(
     headers: &HeaderMap,
-    body: Body,
+    mut body: Body,
     limit: usize,
 ) -> Result<Vec<u8>, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let drain = DRAIN_LIMIT.max(limit);
+    if declared.is_some_and(|n| n > drain as u64) {
         return Err(too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes().to_vec()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("Failed to read request body: {e}"),
-        )),
-    }
+    let read = async {
+        let mut buf = Vec::new();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("Failed to read request body: {e}"),
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                seen = seen.saturating_add(data.len());
+                if seen > drain {
+                    break;
+                }
+                if seen <= limit {
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+        if seen > limit {
+            Err(too_large(limit))
+        } else {
+            Ok(buf)
+        }
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "The request body was not received in time",
+            ))
+        })
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Value, String> {

@@ -83,10 +83,7 @@ impl From<tokio::task::JoinError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"status": "error", "message": self.message});
-        if !self.errors.is_empty() {
-            body["errors"] = json!(self.errors);
-        }
+        let body = json!({"status": "error", "message": self.message, "errors": self.errors});
         let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(

@@ -86,11 +86,13 @@ async fn health() -> Json<Value> {
 
 async fn metrics(
     axum::extract::State(st): axum::extract::State<AppState>,
-) -> ([(header::HeaderName, &'static str); 1], String) {
-    (
+    caller: Caller,
+) -> Result<([(header::HeaderName, &'static str); 1], String), ApiError> {
+    caller.require(&[Role::Admin])?;
+    Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.registry.xds().metrics().prometheus(),
-    )
+    ))
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -109,7 +109,8 @@ pub async fn update(
     let id = path_id(id)?;
     let doc = read_document(&headers, body, st.max_body).await?;
     // An unknown id is a 404 even when the body is also invalid.
-    st.registry.get(&id)?;
+    let target = id.clone();
+    blocking(&st.registry, move |r| r.get(&target)).await?;
     let (valid, definition) = parse_rest_api(doc, Some(&id))?;
     let entry = blocking(&st.registry, move |r| r.update(valid, definition)).await?;
     Ok(Json(render(&entry)))
@@ -123,7 +124,7 @@ pub async fn get(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(DEFINITION_ROLES)?;
     let id = path_id(id)?;
-    let entry = st.registry.get(&id)?;
+    let entry = blocking(&st.registry, move |r| r.get(&id)).await?;
     Ok(Json(render(&entry)))
 }
 
@@ -164,9 +165,8 @@ pub async fn list(
         url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-    let apis: Vec<Value> = st
-        .registry
-        .list()?
+    let all = blocking(&st.registry, |r| r.list()).await?;
+    let apis: Vec<Value> = all
         .iter()
         .filter(|e| filters.iter().all(|(k, v)| matches(e, k, v)))
         .map(|e| render(e))

@@ -398,7 +398,7 @@ fn epoch_ms(t: SystemTime) -> f64 {
 
 /// The gauges and counters of `GET /metrics`, by name.
 async fn read_metrics(gw: &Gateway) -> Result<Vec<(String, u64)>> {
-    let r = gw.client().get(gw.mgmt_url("/metrics")).send().await?;
+    let r = gw.mgmt(reqwest::Method::GET, "/metrics").send().await?;
     let status = r.status();
     let text = r.text().await?;
     if !status.is_success() {
