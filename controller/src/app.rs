@@ -128,6 +128,7 @@ pub async fn run(
         registry: registry.clone(),
         auth: Arc::new(Authenticator::new(&config.controller.auth.basic)),
         max_body: config.controller.server.max_body_bytes,
+        key_quota: config.api_key.keys_per_user_per_api,
     };
     let mut api_task = tokio::spawn(
         axum::serve(api_listener, router(state))

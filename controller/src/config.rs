@@ -17,6 +17,24 @@ pub struct Config {
     pub controller: ControllerConfig,
     /// The Envoy router.
     pub router: RouterConfig,
+    /// `[api_key]`: API key rules.
+    pub api_key: ApiKeyConfig,
+}
+
+/// `[api_key]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ApiKeyConfig {
+    /// Active keys one user may hold per API.
+    pub keys_per_user_per_api: u32,
+}
+
+impl Default for ApiKeyConfig {
+    fn default() -> Self {
+        Self {
+            keys_per_user_per_api: 10,
+        }
+    }
 }
 
 /// `[controller]`.

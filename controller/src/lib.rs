@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod keys;
 pub mod model;
 pub mod policies;
 pub mod registry;

@@ -20,7 +20,8 @@ pub enum StoreError {
 }
 
 /// Forward migrations; entry `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE apis (
     uuid           TEXT PRIMARY KEY,
     kind           TEXT NOT NULL,
@@ -41,7 +42,25 @@ CREATE TABLE apis (
     UNIQUE (kind, handle),
     UNIQUE (kind, display_name, version)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE api_keys (
+    uuid         TEXT PRIMARY KEY,
+    api_uuid     TEXT NOT NULL REFERENCES apis(uuid) ON DELETE CASCADE,
+    name         TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    key_hash     TEXT NOT NULL UNIQUE,
+    masked       TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    created_by   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    expires_at   TEXT,
+    source       TEXT NOT NULL CHECK (source IN ('local', 'external')),
+    UNIQUE (api_uuid, name)
+);
+CREATE INDEX api_keys_by_api ON api_keys (api_uuid);
+"#,
+];
 
 /// One stored API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +93,52 @@ pub struct ApiRow {
     pub cp_sync_status: Option<String>,
     /// Why the last sync failed.
     pub cp_sync_error: Option<String>,
+}
+
+/// One stored API key (its hash, never its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    /// Key id (UUIDv7).
+    pub uuid: String,
+    /// Owning API's uuid.
+    pub api_uuid: String,
+    /// Name, unique per API.
+    pub name: String,
+    /// Human-readable name.
+    pub display_name: String,
+    /// SHA-256 of the value, hex.
+    pub key_hash: String,
+    /// `***` + the last five characters.
+    pub masked: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// User who created it.
+    pub created_by: String,
+    /// RFC 3339 time of the last change.
+    pub updated_at: String,
+    /// RFC 3339 expiry, if any.
+    pub expires_at: Option<String>,
+    /// `local` (generated) or `external` (caller-supplied value).
+    pub source: String,
+}
+
+const KEY_COLUMNS: &str = "uuid, api_uuid, name, display_name, key_hash, masked, created_at, created_by, \
+                           updated_at, expires_at, source";
+
+fn key_from_row(r: &Row<'_>) -> rusqlite::Result<KeyRow> {
+    Ok(KeyRow {
+        uuid: r.get(0)?,
+        api_uuid: r.get(1)?,
+        name: r.get(2)?,
+        display_name: r.get(3)?,
+        key_hash: r.get(4)?,
+        masked: r.get(5)?,
+        created_at: r.get(6)?,
+        created_by: r.get(7)?,
+        updated_at: r.get(8)?,
+        expires_at: r.get(9)?,
+        source: r.get(10)?,
+    })
 }
 
 const COLUMNS: &str = "uuid, kind, handle, display_name, version, context, desired_state, origin, definition, \
@@ -198,6 +263,64 @@ impl Store {
             .optional()?)
     }
 
+    /// Inserts a key.
+    pub fn insert_key(&mut self, k: &KeyRow) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            params![
+                k.uuid, k.api_uuid, k.name, k.display_name, k.key_hash, k.masked, k.created_at, k.created_by,
+                k.updated_at, k.expires_at, k.source
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces a key's value, expiry and source (identified by uuid).
+    pub fn update_key(&mut self, k: &KeyRow) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE api_keys SET key_hash = ?2, masked = ?3, updated_at = ?4, expires_at = ?5, source = ?6 \
+             WHERE uuid = ?1",
+            params![k.uuid, k.key_hash, k.masked, k.updated_at, k.expires_at, k.source],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes a key by uuid; true when a row was removed.
+    pub fn delete_key(&mut self, uuid: &str) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute("DELETE FROM api_keys WHERE uuid = ?1", params![uuid])?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// True when some key (of any API) has this hash.
+    pub fn key_hash_exists(&self, key_hash: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM api_keys WHERE key_hash = ?1",
+                params![key_hash],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// The keys of one API, oldest first.
+    pub fn keys_of(&self, api_uuid: &str) -> Result<Vec<KeyRow>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE api_uuid = ?1 ORDER BY created_at, uuid"
+        ))?;
+        let rows = stmt
+            .query_map(params![api_uuid], key_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// Every stored API, oldest first.
     pub fn all(&self) -> Result<Vec<ApiRow>, StoreError> {
         let mut stmt = self.conn.prepare(&format!(
@@ -251,6 +374,49 @@ mod tests {
         assert!(s.delete("1").unwrap());
         assert!(!s.delete("1").unwrap());
         assert_eq!(s.all().unwrap().len(), 1);
+    }
+
+    fn key(uuid: &str, api: &str, name: &str) -> KeyRow {
+        KeyRow {
+            uuid: uuid.into(),
+            api_uuid: api.into(),
+            name: name.into(),
+            display_name: name.into(),
+            key_hash: format!("hash-{uuid}"),
+            masked: "***abcde".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            created_by: "admin".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: None,
+            source: "local".into(),
+        }
+    }
+
+    #[test]
+    fn keys_belong_to_apis_and_go_with_them() {
+        let mut s = Store::in_memory().unwrap();
+        s.insert(&row("1", "a")).unwrap();
+        s.insert_key(&key("k1", "1", "one")).unwrap();
+        s.insert_key(&key("k2", "1", "two")).unwrap();
+        assert!(
+            s.insert_key(&key("k3", "1", "one")).is_err(),
+            "name unique per API"
+        );
+        assert!(
+            s.insert_key(&key("k4", "nope", "x")).is_err(),
+            "the API must exist"
+        );
+        assert!(s.key_hash_exists("hash-k1").unwrap());
+        let mut k = s.keys_of("1").unwrap().remove(0);
+        k.key_hash = "rotated".into();
+        s.update_key(&k).unwrap();
+        assert!(!s.key_hash_exists("hash-k1").unwrap());
+        assert!(s.delete_key("k2").unwrap());
+        s.delete("1").unwrap();
+        assert!(
+            s.keys_of("1").unwrap().is_empty(),
+            "deleting the API deletes its keys"
+        );
     }
 
     #[test]

@@ -116,13 +116,39 @@ pub async fn read_document(
     body: Body,
     limit: usize,
 ) -> Result<Value, ApiError> {
+    read_document_or(headers, body, limit, None).await
+}
+
+/// Like [`read_document`], but an empty body stands for `empty` (for bodies that are optional).
+pub async fn read_optional_document(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Value, ApiError> {
+    read_document_or(
+        headers,
+        body,
+        limit,
+        Some(Value::Object(Default::default())),
+    )
+    .await
+}
+
+async fn read_document_or(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    empty: Option<Value>,
+) -> Result<Value, ApiError> {
     let format = format_of(headers)?;
     let bytes = read_bytes(headers, body, limit).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "Failed to parse configuration: the request body is empty",
-        ));
+        return empty.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "Failed to parse configuration: the request body is empty",
+            )
+        });
     }
     let parsed = match format {
         Format::Json => parse_json(&bytes),

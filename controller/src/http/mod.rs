@@ -1,5 +1,6 @@
 //! The management REST API: routes on the three base paths, authentication, and fallbacks.
 
+pub mod api_keys;
 pub mod body;
 pub mod error;
 pub mod rest_apis;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri, header};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
@@ -19,6 +20,8 @@ use error::ApiError;
 
 /// Roles that may manage API definitions.
 pub const DEFINITION_ROLES: &[Role] = &[Role::Admin, Role::Developer];
+/// Roles that may manage API keys.
+pub const KEY_ROLES: &[Role] = &[Role::Admin, Role::Consumer];
 
 /// Base paths that serve the same management API.
 pub const BASE_PATHS: [&str; 3] = ["", "/api/management/v0.9", "/api/management/v1"];
@@ -32,6 +35,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Largest accepted body.
     pub max_body: usize,
+    /// Active API keys one user may hold per API.
+    pub key_quota: u32,
 }
 
 /// The authenticated caller of a management request.
@@ -109,6 +114,18 @@ async fn method_not_allowed() -> ApiError {
 fn management_routes() -> Router<AppState> {
     Router::new()
         .route("/rest-apis", get(rest_apis::list).post(rest_apis::create))
+        .route(
+            "/rest-apis/{id}/api-keys",
+            get(api_keys::list).post(api_keys::create),
+        )
+        .route(
+            "/rest-apis/{id}/api-keys/{key}",
+            put(api_keys::update).delete(api_keys::revoke),
+        )
+        .route(
+            "/rest-apis/{id}/api-keys/{key}/regenerate",
+            post(api_keys::regenerate),
+        )
         .route(
             "/rest-apis/{id}",
             get(rest_apis::get)
