@@ -7,7 +7,6 @@ pub mod config;
 pub mod http;
 pub mod keys;
 pub mod model;
-pub mod policies;
 pub mod registry;
 pub mod store;
 pub mod validate;

@@ -4,10 +4,8 @@
 use std::collections::HashMap;
 
 use gateway_xds::{ApiRoutes, Operation, PathPattern, Scheme, Upstream, route_key};
-use serde::Serialize;
 
 use crate::model::{ApiRequest, DesiredState, PolicyRef, UpstreamRef};
-use crate::policies::validate_policy;
 
 /// Accepted `apiVersion` values.
 pub const API_VERSIONS: [&str; 3] = [
@@ -19,14 +17,7 @@ pub const API_VERSIONS: [&str; 3] = [
 pub const METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 const MAX_OPERATIONS: usize = 1000;
 
-/// One validation problem.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    /// Path of the offending field, e.g. `spec.operations[2].path`.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
+pub use gateway_policy_engine::FieldError;
 
 /// A validated `RestApi`.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,7 +179,7 @@ fn check_policies(policies: &[PolicyRef], at: &str, e: &mut Errors) {
                 "executionCondition is not supported yet",
             );
         }
-        validate_policy(
+        gateway_policy_engine::parse_policy(
             p.name.as_deref(),
             p.version.as_deref(),
             &p.params,
