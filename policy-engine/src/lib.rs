@@ -1,7 +1,9 @@
 //! Policies of the gateway: their definitions and parameters ([`spec`]), the order in which they
-//! apply to an operation ([`chain`]), and the rate limiter ([`gcra`]).
+//! apply to an operation ([`chain`]), the rate limiter ([`gcra`]), and how their configuration
+//! reaches policy engines ([`distribution`]).
 
 pub mod chain;
+pub mod distribution;
 pub mod gcra;
 pub mod spec;
 

@@ -1,0 +1,367 @@
+//! How policy configuration travels from the controller to policy engines: delta ADS (the xDS
+//! wire protocol, served by the controller) with one resource per API, of our own type
+//! [`POLICY_TYPE`], whose payload is the JSON of [`ApiPolicies`]. A change to one API or its keys
+//! sends that API alone; a reconnecting engine reports what it has and gets only the difference.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
+};
+use envoy_types::pb::google::protobuf::Any;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::chain::RouteChain;
+
+/// Type URL of the per-API policy resource.
+pub const POLICY_TYPE: &str = "type.googleapis.com/gateway.policy.v1.ApiPolicies";
+
+/// Everything an engine needs about one API: the chain of each of its routes and its valid keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiPolicies {
+    /// Route name -> chain, for routes that carry policies.
+    pub routes: BTreeMap<String, RouteChain>,
+    /// SHA-256 (hex) of each valid key -> expiry in Unix seconds, if any.
+    pub keys: BTreeMap<String, Option<u64>>,
+}
+
+/// Errors of policy distribution.
+#[derive(Debug, thiserror::Error)]
+pub enum DistributionError {
+    /// The gRPC transport failed.
+    #[error("policy distribution transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The stream was refused or broke.
+    #[error("policy distribution stream: {0}")]
+    Status(#[from] Status),
+    /// A resource could not be decoded.
+    #[error("policy resource '{0}' is not valid: {1}")]
+    Decode(String, serde_json::Error),
+}
+
+#[derive(Debug)]
+struct Encoded {
+    version: String,
+    json: Vec<u8>,
+}
+
+type Resources = BTreeMap<String, Arc<Encoded>>;
+
+/// The controller's side: the current per-API resources and the delta ADS service that streams
+/// them to engines.
+#[derive(Clone)]
+pub struct Distributor {
+    tx: Arc<watch::Sender<Resources>>,
+}
+
+impl Default for Distributor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Distributor {
+    /// An empty distributor.
+    pub fn new() -> Self {
+        Self {
+            tx: Arc::new(watch::channel(Resources::new()).0),
+        }
+    }
+
+    /// Sets the policies of API `api` (a no-op when unchanged).
+    pub fn set(&self, api: &str, policies: &ApiPolicies) {
+        let json = serde_json::to_vec(policies).unwrap_or_default();
+        let version = hex::encode(&Sha256::digest(&json)[..12]);
+        self.tx.send_if_modified(|m| {
+            if m.get(api).is_some_and(|e| e.version == version) {
+                return false;
+            }
+            m.insert(api.to_string(), Arc::new(Encoded { version, json }));
+            true
+        });
+    }
+
+    /// Removes API `api`.
+    pub fn remove(&self, api: &str) {
+        self.tx.send_if_modified(|m| m.remove(api).is_some());
+    }
+
+    /// Serves engines on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), DistributionError> {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(AggregatedDiscoveryServiceServer::new(DeltaService {
+                rx: self.tx.subscribe(),
+            }))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+struct DeltaService {
+    rx: watch::Receiver<Resources>,
+}
+
+/// The changes that bring a peer holding `sent` up to `current`.
+fn diff(current: &Resources, sent: &HashMap<String, String>) -> (Vec<Resource>, Vec<String>) {
+    let changed = current
+        .iter()
+        .filter(|(name, e)| sent.get(*name) != Some(&e.version))
+        .map(|(name, e)| Resource {
+            name: name.clone(),
+            version: e.version.clone(),
+            resource: Some(Any {
+                type_url: POLICY_TYPE.into(),
+                value: e.json.clone(),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let removed = sent
+        .keys()
+        .filter(|n| !current.contains_key(*n))
+        .cloned()
+        .collect();
+    (changed, removed)
+}
+
+async fn run_delta_stream(
+    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    mut rx: watch::Receiver<Resources>,
+) {
+    let first = match inbound.message().await {
+        Ok(Some(r)) if r.type_url == POLICY_TYPE => r,
+        Ok(Some(r)) => {
+            let _ = tx
+                .send(Err(Status::invalid_argument(format!(
+                    "unsupported type {}",
+                    r.type_url
+                ))))
+                .await;
+            return;
+        }
+        _ => return,
+    };
+    let node = first.node.map(|n| n.id).unwrap_or_default();
+    info!(node, "policy engine connected");
+    let mut sent: HashMap<String, String> = first.initial_resource_versions;
+    let mut nonce = 0u64;
+    loop {
+        let (changed, removed) = {
+            let current = rx.borrow_and_update();
+            diff(&current, &sent)
+        };
+        if !changed.is_empty() || !removed.is_empty() {
+            for r in &changed {
+                sent.insert(r.name.clone(), r.version.clone());
+            }
+            for n in &removed {
+                sent.remove(n);
+            }
+            nonce += 1;
+            debug!(
+                node,
+                changed = changed.len(),
+                removed = removed.len(),
+                "policy push"
+            );
+            let resp = DeltaDiscoveryResponse {
+                type_url: POLICY_TYPE.into(),
+                resources: changed,
+                removed_resources: removed,
+                nonce: nonce.to_string(),
+                ..Default::default()
+            };
+            if tx.send(Ok(resp)).await.is_err() {
+                break;
+            }
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { break },
+            msg = inbound.message() => match msg {
+                Ok(Some(r)) => if let Some(e) = r.error_detail {
+                    warn!(node, error = e.message, "policy engine rejected an update");
+                },
+                _ => break,
+            },
+        }
+    }
+    info!(node, "policy engine disconnected");
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for DeltaService {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented("policy distribution uses delta ADS"))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run_delta_stream(request.into_inner(), tx, self.rx.clone()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The engine's side: follows the controller at `endpoint` (`http://host:port`) forever,
+/// calling `apply` with each batch of changes (changed APIs, removed APIs). Reconnects with
+/// backoff and jitter; what was applied stays in force while the controller is away.
+pub async fn follow(
+    endpoint: String,
+    node_id: String,
+    mut versions: HashMap<String, String>,
+    mut apply: impl FnMut(Vec<(String, ApiPolicies)>, Vec<String>),
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match follow_once(&endpoint, &node_id, &mut versions, &mut apply).await {
+            Ok(()) => info!(endpoint, "policy stream closed by the controller"),
+            Err(e) => {
+                warn!(endpoint, error = %e, retry_in_ms = backoff.as_millis() as u64, "policy stream failed")
+            }
+        }
+        let jitter =
+            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn follow_once(
+    endpoint: &str,
+    node_id: &str,
+    versions: &mut HashMap<String, String>,
+    apply: &mut impl FnMut(Vec<(String, ApiPolicies)>, Vec<String>),
+) -> Result<(), DistributionError> {
+    let mut client = AggregatedDiscoveryServiceClient::connect(endpoint.to_string()).await?;
+    let (req_tx, req_rx) = mpsc::channel(16);
+    let first = DeltaDiscoveryRequest {
+        node: Some(Node {
+            id: node_id.to_string(),
+            ..Default::default()
+        }),
+        type_url: POLICY_TYPE.into(),
+        initial_resource_versions: versions.clone(),
+        ..Default::default()
+    };
+    let _ = req_tx.send(first).await;
+    let mut responses = client
+        .delta_aggregated_resources(ReceiverStream::new(req_rx))
+        .await?
+        .into_inner();
+    info!(endpoint, "following the controller's policies");
+    while let Some(resp) = responses.message().await? {
+        let mut changed = Vec::with_capacity(resp.resources.len());
+        for r in resp.resources {
+            let bytes = r.resource.map(|a| a.value).unwrap_or_default();
+            let policies: ApiPolicies = serde_json::from_slice(&bytes)
+                .map_err(|e| DistributionError::Decode(r.name.clone(), e))?;
+            versions.insert(r.name.clone(), r.version);
+            changed.push((r.name, policies));
+        }
+        for n in &resp.removed_resources {
+            versions.remove(n);
+        }
+        apply(changed, resp.removed_resources);
+        let ack = DeltaDiscoveryRequest {
+            type_url: POLICY_TYPE.into(),
+            response_nonce: resp.nonce,
+            ..Default::default()
+        };
+        if req_tx.send(ack).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(version: &str) -> Arc<Encoded> {
+        Arc::new(Encoded {
+            version: version.into(),
+            json: b"{}".to_vec(),
+        })
+    }
+
+    #[test]
+    fn diffs_send_only_changes_and_removals() {
+        let current: Resources =
+            BTreeMap::from([("a".into(), encoded("1")), ("b".into(), encoded("2"))]);
+        let sent = HashMap::from([
+            ("a".to_string(), "1".to_string()),
+            ("c".to_string(), "9".to_string()),
+        ]);
+        let (changed, removed) = diff(&current, &sent);
+        assert_eq!(
+            changed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            vec!["b"]
+        );
+        assert_eq!(removed, vec!["c".to_string()]);
+        assert_eq!(
+            changed[0].resource.as_ref().map(|a| a.type_url.as_str()),
+            Some(POLICY_TYPE)
+        );
+    }
+
+    #[tokio::test]
+    async fn engines_follow_changes_and_resume_after_reconnect() {
+        let d = Distributor::new();
+        d.set("a", &ApiPolicies::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = d.clone();
+        tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(follow(
+            format!("http://{addr}"),
+            "t".into(),
+            HashMap::new(),
+            move |c, r| {
+                let _ = tx.send((c.into_iter().map(|(n, _)| n).collect::<Vec<_>>(), r));
+            },
+        ));
+        assert_eq!(rx.recv().await, Some((vec!["a".to_string()], vec![])));
+        let mut keyed = ApiPolicies::default();
+        keyed.keys.insert("h".into(), None);
+        d.set("b", &keyed);
+        assert_eq!(rx.recv().await, Some((vec!["b".to_string()], vec![])));
+        d.set("b", &keyed);
+        d.remove("a");
+        assert_eq!(
+            rx.recv().await,
+            Some((vec![], vec!["a".to_string()])),
+            "an unchanged set sends nothing"
+        );
+    }
+}
