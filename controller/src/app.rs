@@ -8,8 +8,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gateway_envoy::{BootstrapSettings, EnvoyCommand};
-use gateway_xds::{ClusterSettings, ListenerSettings, RouteSettings, XdsSettings};
+use gateway_xds::{
+    ClusterSettings, ListenerSettings, PolicyEngineSettings, RouteSettings, XdsSettings,
+};
+use std::process::Stdio;
+
 use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -31,6 +36,11 @@ fn xds_settings(c: &Config, trusted_ca_file: PathBuf) -> XdsSettings {
         },
         routes: RouteSettings {
             route_timeout: Duration::from_millis(t.route_timeout_ms),
+        },
+        policy_engine: PolicyEngineSettings {
+            host: c.policy_engine.host.clone(),
+            port: c.policy_engine.port,
+            timeout: Duration::from_millis(c.policy_engine.timeout_ms),
         },
         clusters: ClusterSettings {
             connect_timeout: Duration::from_millis(t.connect_timeout_ms),
@@ -99,9 +109,17 @@ pub async fn run(
         "management API",
     )
     .await?;
+    let policy_listener = bind(
+        &config.controller.policy_server.host,
+        config.controller.policy_server.port,
+        "policy stream",
+    )
+    .await?;
     let xds_addr = xds_listener.local_addr()?;
+    let policy_addr = policy_listener.local_addr()?;
     info!(address = %api_listener.local_addr()?, "management API listening");
     info!(address = %xds_addr, "ADS server listening");
+    info!(address = %policy_addr, "policy stream listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -115,15 +133,32 @@ pub async fn run(
         let rx = stop_rx.clone();
         async move { xds.serve(xds_listener, stopped(rx)).await }
     });
-    let envoy_task = if config.router.managed {
-        Some(tokio::spawn(supervise_envoy(
-            config.clone(),
-            xds_addr,
+    let policies = registry.policies().clone();
+    let policy_task = tokio::spawn({
+        let rx = stop_rx.clone();
+        async move { policies.serve(policy_listener, stopped(rx)).await }
+    });
+    let mut children = Vec::new();
+    if config.policy_engine.managed {
+        let cfg = config.clone();
+        children.push(tokio::spawn(supervise(
+            "policy engine",
+            move || engine_child(&cfg, policy_addr),
             stop_rx.clone(),
-        )))
-    } else {
-        None
-    };
+        )));
+    }
+    if config.router.managed {
+        match envoy_command(&config, xds_addr) {
+            Ok(cmd) => children.push(tokio::spawn(supervise(
+                "Envoy",
+                move || Ok(cmd.spawn()?),
+                stop_rx.clone(),
+            ))),
+            Err(e) => {
+                error!(error = %e, "cannot start Envoy; the management API keeps running without a router")
+            }
+        }
+    }
     let state = AppState {
         registry: registry.clone(),
         auth: Arc::new(Authenticator::new(&config.controller.auth.basic)),
@@ -146,8 +181,16 @@ pub async fn run(
             api_task.abort();
         }
     }
-    if let Some(t) = envoy_task {
-        let _ = t.await;
+    for child in children {
+        let _ = child.await;
+    }
+    // Engines and an external Envoy keep their streams open: give them a moment, then stop.
+    let policy_abort = policy_task.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(3), policy_task)
+        .await
+        .is_err()
+    {
+        policy_abort.abort();
     }
     // An external Envoy keeps its ADS stream open: give it a moment, then stop serving it.
     let abort = xds_task.abort_handle();
@@ -190,47 +233,66 @@ fn envoy_command(c: &Config, xds_addr: SocketAddr) -> anyhow::Result<EnvoyComman
     })
 }
 
-/// Runs Envoy as a child, restarting it with backoff if it dies, and stops it on shutdown.
-async fn supervise_envoy(config: Config, xds_addr: SocketAddr, mut stop: watch::Receiver<bool>) {
-    let cmd = match envoy_command(&config, xds_addr) {
-        Ok(c) => c,
-        Err(e) => {
-            error!(error = %e, "cannot start Envoy; the management API keeps running without a router");
-            return;
-        }
+/// The command that starts a managed policy engine following this controller.
+fn engine_child(c: &Config, policy_addr: SocketAddr) -> anyhow::Result<Child> {
+    let binary = if c.policy_engine.binary.is_empty() {
+        std::env::current_exe()?.with_file_name("gateway-policy-engine")
+    } else {
+        PathBuf::from(&c.policy_engine.binary)
     };
+    let controller_host = if policy_addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        policy_addr.ip().to_string()
+    };
+    let mut cmd = Command::new(&binary);
+    cmd.arg("--listen")
+        .arg(format!("{}:{}", c.policy_engine.host, c.policy_engine.port))
+        .arg("--controller")
+        .arg(format!("http://{controller_host}:{}", policy_addr.port()))
+        .arg("--node-id")
+        .arg(format!("{}-policy-engine", c.controller.server.gateway_id))
+        .arg("--log-level")
+        .arg(&c.controller.logging.level)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    gateway_envoy::die_with_parent(&mut cmd);
+    cmd.spawn()
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// Runs a child process, restarting it with backoff if it dies or cannot start, and stops it on
+/// shutdown.
+async fn supervise(
+    name: &'static str,
+    start: impl Fn() -> anyhow::Result<Child>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(500);
     loop {
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot start Envoy");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop_requested(&mut stop) => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        info!(
-            binary = %cmd.binary.display(),
-            listener = format!("{}:{}", config.router.listener_host, config.router.listener_port),
-            admin = format!("127.0.0.1:{}", config.router.admin_port),
-            "Envoy started"
-        );
         let started = std::time::Instant::now();
-        let status = tokio::select! {
-            status = child.wait() => status,
-            _ = stop_requested(&mut stop) => {
-                terminate(&mut child).await;
-                return;
+        let outcome = match start() {
+            Ok(mut child) => {
+                info!(name, pid = child.id(), "started");
+                tokio::select! {
+                    status = child.wait() => format!("exited ({:?})", status.ok()),
+                    _ = stop_requested(&mut stop) => {
+                        terminate(name, &mut child).await;
+                        return;
+                    }
+                }
             }
+            Err(e) => format!("cannot start: {e:#}"),
         };
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_millis(500);
         }
-        error!(status = ?status.ok(), retry_in_ms = backoff.as_millis() as u64, "Envoy exited; restarting");
+        error!(
+            name,
+            outcome,
+            retry_in_ms = backoff.as_millis() as u64,
+            "restarting"
+        );
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop_requested(&mut stop) => return,
@@ -243,8 +305,8 @@ async fn stop_requested(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// Asks Envoy to exit (SIGTERM), then kills it if it has not within five seconds.
-async fn terminate(child: &mut tokio::process::Child) {
+/// Asks a child to exit (SIGTERM), then kills it if it has not within five seconds.
+async fn terminate(name: &str, child: &mut Child) {
     if let Some(pid) = child.id() {
         // SAFETY: sending a signal to our own child process.
         unsafe {
@@ -257,5 +319,5 @@ async fn terminate(child: &mut tokio::process::Child) {
     {
         let _ = child.kill().await;
     }
-    info!("Envoy stopped");
+    info!(name, "stopped");
 }

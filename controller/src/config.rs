@@ -19,6 +19,36 @@ pub struct Config {
     pub router: RouterConfig,
     /// `[api_key]`: API key rules.
     pub api_key: ApiKeyConfig,
+    /// `[policy_engine]`: the ext_proc server Envoy consults on routes with policies.
+    pub policy_engine: PolicyEngineConfig,
+}
+
+/// `[policy_engine]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PolicyEngineConfig {
+    /// Address of the engine's ext_proc server (as Envoy reaches it).
+    pub host: String,
+    /// Port of the engine's ext_proc server.
+    pub port: u16,
+    /// Longest wait for a decision; past it the request fails (closed).
+    pub timeout_ms: u64,
+    /// Start and supervise an engine as a child of the controller.
+    pub managed: bool,
+    /// Path of the engine binary; the one next to the controller when empty.
+    pub binary: String,
+}
+
+impl Default for PolicyEngineConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 9001,
+            timeout_ms: 500,
+            managed: true,
+            binary: String::new(),
+        }
+    }
 }
 
 /// `[api_key]`.
@@ -45,6 +75,8 @@ pub struct ControllerConfig {
     pub server: ServerConfig,
     /// `[controller.xds]`: the ADS server Envoy connects to.
     pub xds: BindConfig,
+    /// `[controller.policy_server]`: the policy stream policy engines follow.
+    pub policy_server: PolicyServerConfig,
     /// `[controller.storage]`.
     pub storage: StorageConfig,
     /// `[controller.logging]`.
@@ -95,6 +127,25 @@ impl Default for BindConfig {
         Self {
             host: "127.0.0.1".into(),
             port: 18000,
+        }
+    }
+}
+
+/// `[controller.policy_server]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PolicyServerConfig {
+    /// Bind address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl Default for PolicyServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 18001,
         }
     }
 }
@@ -511,6 +562,11 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
     for (name, port) in [
         ("controller.server.port", c.controller.server.port),
         ("controller.xds.port", c.controller.xds.port),
+        (
+            "controller.policy_server.port",
+            c.controller.policy_server.port,
+        ),
+        ("policy_engine.port", c.policy_engine.port),
         ("router.listener_port", c.router.listener_port),
         ("router.admin_port", c.router.admin_port),
     ] {

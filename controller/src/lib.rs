@@ -7,6 +7,7 @@ pub mod config;
 pub mod http;
 pub mod keys;
 pub mod model;
+pub mod policy_view;
 pub mod registry;
 pub mod store;
 pub mod validate;

@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use gateway_policy_engine::distribution::Distributor;
 use gateway_xds::{Xds, XdsError, XdsSettings};
 use tracing::{error, warn};
 
 use crate::model::{ApiRequest, DesiredState};
+use crate::policy_view::api_policies;
 use crate::store::{ApiRow, KeyRow, Store, StoreError};
 use crate::validate::{ValidApi, validate_rest_api};
 
@@ -146,6 +148,7 @@ fn revalidate(row: &ApiRow) -> Option<ValidApi> {
 pub struct Registry {
     state: Mutex<State>,
     xds: Xds,
+    policies: Distributor,
     sync_enabled: bool,
 }
 
@@ -179,11 +182,19 @@ impl Registry {
             state.apis.insert(entry.row.handle.clone(), Arc::new(entry));
         }
         let xds = Xds::start(settings, initial)?;
-        Ok(Self {
+        let registry = Self {
             state: Mutex::new(state),
             xds,
+            policies: Distributor::new(),
             sync_enabled,
-        })
+        };
+        {
+            let st = registry.lock()?;
+            for e in st.apis.values() {
+                registry.publish_policies(&st, e);
+            }
+        }
+        Ok(registry)
     }
 
     /// The router translation this registry feeds.
@@ -191,11 +202,39 @@ impl Registry {
         &self.xds
     }
 
+    /// The policy stream this registry feeds.
+    pub fn policies(&self) -> &Distributor {
+        &self.policies
+    }
+
+    /// Sends API `e`'s policies and keys to policy engines (or withdraws them).
+    fn publish_policies(&self, st: &State, e: &ApiEntry) {
+        match (&e.valid, e.deployed()) {
+            (Some(v), true) => {
+                let keys = st.store.keys_of(&e.row.uuid).unwrap_or_else(|err| {
+                    // Without keys, api-key-auth refuses every request: failing closed.
+                    error!(api = e.row.handle, error = %err, "cannot read API keys; publishing none");
+                    Vec::new()
+                });
+                self.policies.set(&e.row.handle, &api_policies(v, &keys));
+            }
+            _ => self.policies.remove(&e.row.handle),
+        }
+    }
+
+    fn republish_keys(&self, st: &State, api: &str) {
+        if let Some(e) = st.apis.get(api) {
+            self.publish_policies(st, e);
+        }
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, State>, RegistryError> {
         self.state.lock().map_err(|_| RegistryError::Poisoned)
     }
 
-    fn publish(&self, e: &ApiEntry) {
+    /// Policies first, so that an engine knows a route's chain before Envoy sends it traffic.
+    fn publish(&self, st: &State, e: &ApiEntry) {
+        self.publish_policies(st, e);
         match (&e.valid, e.deployed()) {
             (Some(v), true) => self.xds.upsert(v.routes.clone()),
             _ => self.xds.remove(&e.row.handle),
@@ -236,7 +275,7 @@ impl Registry {
         });
         st.index(&entry);
         st.apis.insert(entry.row.handle.clone(), entry.clone());
-        self.publish(&entry);
+        self.publish(&st, &entry);
         Ok(entry)
     }
 
@@ -269,7 +308,7 @@ impl Registry {
         st.unindex(&old);
         st.index(&entry);
         st.apis.insert(entry.row.handle.clone(), entry.clone());
-        self.publish(&entry);
+        self.publish(&st, &entry);
         Ok(entry)
     }
 
@@ -285,6 +324,7 @@ impl Registry {
         st.unindex(&old);
         st.apis.remove(id);
         self.xds.remove(id);
+        self.policies.remove(id);
         Ok(())
     }
 
@@ -365,6 +405,7 @@ impl Registry {
             source: req.source.into(),
         };
         st.store.insert_key(&row)?;
+        self.republish_keys(st, id);
         let remaining_quota = Self::remaining(st, &api_uuid, user, quota)?;
         Ok(IssuedKey {
             row,
@@ -410,6 +451,7 @@ impl Registry {
             ..old
         };
         st.store.update_key(&row)?;
+        self.republish_keys(st, id);
         let remaining_quota = Self::remaining(st, &api_uuid, &row.created_by, quota)?;
         Ok(IssuedKey {
             row,
@@ -423,6 +465,7 @@ impl Registry {
         let api_uuid = Self::api_uuid(st, id)?;
         if let Some(k) = Self::find_key(st, &api_uuid, key)? {
             st.store.delete_key(&k.uuid)?;
+            self.republish_keys(st, id);
         }
         Ok(())
     }

@@ -18,6 +18,8 @@ pub const METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD",
 const MAX_OPERATIONS: usize = 1000;
 
 pub use gateway_policy_engine::FieldError;
+use gateway_policy_engine::chain::{ChainEntry, build_chain};
+use gateway_policy_engine::{Policy, PolicyKind};
 
 /// A validated `RestApi`.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +38,8 @@ pub struct ValidApi {
     pub routes: ApiRoutes,
     /// Canonical `METHOD /full/path` keys of the operations, for conflict detection.
     pub route_keys: Vec<String>,
+    /// The effective policy chain of each operation (same order as `routes.operations`).
+    pub chains: Vec<Vec<ChainEntry>>,
 }
 
 impl ValidApi {
@@ -170,7 +174,8 @@ fn check_upstream(
         .ok()
 }
 
-fn check_policies(policies: &[PolicyRef], at: &str, e: &mut Errors) {
+fn check_policies(policies: &[PolicyRef], at: &str, e: &mut Errors) -> Vec<Policy> {
+    let mut parsed = Vec::new();
     for (i, p) in policies.iter().enumerate() {
         let field = format!("{at}[{i}]");
         if p.execution_condition.is_some() {
@@ -179,14 +184,15 @@ fn check_policies(policies: &[PolicyRef], at: &str, e: &mut Errors) {
                 "executionCondition is not supported yet",
             );
         }
-        gateway_policy_engine::parse_policy(
+        parsed.extend(gateway_policy_engine::parse_policy(
             p.name.as_deref(),
             p.version.as_deref(),
             &p.params,
             &field,
             &mut e.0,
-        );
+        ));
     }
+    parsed
 }
 
 fn required<'a>(
@@ -320,7 +326,8 @@ pub fn validate_rest_api(
             check_upstream(&u.main, "spec.upstream.main", true, &mut e)
         }
     };
-    check_policies(&spec.policies, "spec.policies", &mut e);
+    let api_policies = check_policies(&spec.policies, "spec.policies", &mut e);
+    let mut chains = Vec::new();
 
     let mut operations = Vec::new();
     let mut route_keys = Vec::new();
@@ -360,7 +367,7 @@ pub fn validate_rest_api(
                         .map_err(|err| e.add(format!("{at}.path"), format!("Operation path {err}")))
                         .ok(),
                 };
-                check_policies(&op.policies, &format!("{at}.policies"), &mut e);
+                let op_policies = check_policies(&op.policies, &format!("{at}.policies"), &mut e);
                 let (Some(method), Some(path)) = (method, path) else {
                     continue;
                 };
@@ -371,12 +378,16 @@ pub fn validate_rest_api(
                     }
                     route_keys.push(key);
                 }
-                let guarded = !spec.policies.is_empty() || !op.policies.is_empty();
+                let chain = build_chain(&api_policies, &op_policies);
                 operations.push(Operation {
                     method,
                     path,
-                    guarded,
+                    guarded: !chain.is_empty(),
+                    rate_limited: chain
+                        .iter()
+                        .any(|c| matches!(c.policy.kind, PolicyKind::RateLimit(_))),
                 });
+                chains.push(chain);
             }
         }
     }
@@ -408,6 +419,7 @@ pub fn validate_rest_api(
         context_raw: context_raw.to_string(),
         state,
         route_keys,
+        chains,
     })
 }
 

@@ -4,7 +4,7 @@ pub mod bootstrap;
 pub mod process;
 
 pub use bootstrap::{BootstrapSettings, render};
-pub use process::{EnvoyCommand, EnvoyError, find_binary};
+pub use process::{EnvoyCommand, EnvoyError, die_with_parent, find_binary};
 
 /// Writes the bootstrap for `settings` to `path` (creating parent directories).
 pub fn write_bootstrap(

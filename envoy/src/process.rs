@@ -53,6 +53,31 @@ pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, EnvoyError> {
         .ok_or(EnvoyError::NotFound)
 }
 
+/// Makes a child started with `cmd` receive SIGTERM when its parent dies (Linux), so a crashed or
+/// killed parent never leaves a stale child holding a port. The signal follows the spawning
+/// *thread*: spawn from a long-lived thread, such as a runtime worker.
+pub fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id();
+        // SAFETY: prctl, getppid and _exit are async-signal-safe and touch no memory of the
+        // parent. If the parent died before prctl took effect, exit instead of living on.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
 /// How to run one Envoy.
 #[derive(Debug, Clone)]
 pub struct EnvoyCommand {
@@ -70,9 +95,7 @@ pub struct EnvoyCommand {
 
 impl EnvoyCommand {
     /// Spawns Envoy. Hot restart is disabled (several Envoys may share a host), the child is killed
-    /// when the handle is dropped, and on Linux it also receives SIGTERM when its parent dies, so a
-    /// crashed or killed parent never leaves a stale Envoy holding the listener port. (The signal
-    /// follows the spawning *thread*: call this from a long-lived thread, such as a runtime worker.)
+    /// when the handle is dropped, and it dies with its parent ([`die_with_parent`]).
     pub fn spawn(&self) -> Result<Child, EnvoyError> {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("-c")
@@ -86,23 +109,7 @@ impl EnvoyCommand {
         if let Some(path) = &self.log_file {
             cmd.arg("--log-path").arg(path);
         }
-        #[cfg(target_os = "linux")]
-        {
-            let parent = std::process::id();
-            // SAFETY: prctl, getppid and _exit are async-signal-safe and touch no memory of the
-            // parent. If the parent died before prctl took effect, exit instead of living on.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    if libc::getppid() as u32 != parent {
-                        libc::_exit(1);
-                    }
-                    Ok(())
-                });
-            }
-        }
+        die_with_parent(&mut cmd);
         Ok(cmd.spawn()?)
     }
 }

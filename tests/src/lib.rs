@@ -71,8 +71,13 @@ pub struct GatewayConfig {
     pub admin_port: u16,
     /// Data directory (SQLite, bootstrap).
     pub data_dir: PathBuf,
-    /// Whether the controller runs Envoy itself.
-    pub managed_envoy: bool,
+    /// Policy stream port.
+    pub policy_port: u16,
+    /// Policy engine (ext_proc) port.
+    pub engine_port: u16,
+    /// Whether the controller runs the data plane (Envoy and the policy engine) itself; when
+    /// false the harness runs them, so they outlive controller restarts.
+    pub managed_data_plane: bool,
     /// Envoy worker threads.
     pub envoy_concurrency: u32,
     /// Extra TOML appended to the generated config.
@@ -93,7 +98,9 @@ impl GatewayConfig {
             router_port: free_port(),
             admin_port: free_port(),
             data_dir,
-            managed_envoy: true,
+            policy_port: free_port(),
+            engine_port: free_port(),
+            managed_data_plane: true,
             envoy_concurrency: 1,
             extra_toml: String::new(),
         }
@@ -108,6 +115,12 @@ port = {mgmt}
 [controller.xds]
 host = "127.0.0.1"
 port = {xds}
+[controller.policy_server]
+host = "127.0.0.1"
+port = {policy}
+[policy_engine]
+port = {engine}
+managed = {managed}
 [controller.storage]
 data_dir = "{data}"
 [controller.logging]
@@ -139,7 +152,9 @@ concurrency = {concurrency}
             data = self.data_dir.display(),
             router = self.router_port,
             admin = self.admin_port,
-            managed = self.managed_envoy,
+            managed = self.managed_data_plane,
+            policy = self.policy_port,
+            engine = self.engine_port,
             concurrency = self.envoy_concurrency,
             extra = self.extra_toml,
         )
@@ -152,6 +167,7 @@ pub struct Gateway {
     pub config: GatewayConfig,
     controller: Option<Child>,
     external_envoy: Option<Child>,
+    external_engine: Option<Child>,
     client: Client,
 }
 
@@ -176,10 +192,12 @@ impl Gateway {
             config,
             controller: None,
             external_envoy: None,
+            external_engine: None,
             client: client(),
         };
-        if !gw.config.managed_envoy {
+        if !gw.config.managed_data_plane {
             gw.start_external_envoy()?;
+            gw.start_engine()?;
         }
         gw.start_controller().await?;
         Ok(gw)
@@ -205,6 +223,36 @@ impl Gateway {
             log_file: Some(self.config.data_dir.join("envoy.log")),
         };
         self.external_envoy = Some(cmd.spawn()?);
+        Ok(())
+    }
+
+    /// Starts (or restarts) a policy engine run by the harness, following the controller.
+    pub fn start_engine(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.config.data_dir.join("engine.log"))?;
+        let child = Command::new(sibling_binary("gateway-policy-engine"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.config.engine_port))
+            .arg("--controller")
+            .arg(format!("http://127.0.0.1:{}", self.config.policy_port))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting gateway-policy-engine")?;
+        self.external_engine = Some(child);
+        Ok(())
+    }
+
+    /// Kills the harness-run policy engine (SIGKILL) and waits for it.
+    pub async fn kill_engine(&mut self) -> Result<()> {
+        if let Some(mut c) = self.external_engine.take() {
+            c.start_kill()?;
+            c.wait().await?;
+        }
         Ok(())
     }
 
@@ -304,7 +352,7 @@ impl Gateway {
     }
 
     async fn wait_router_released(&self) -> Result<()> {
-        if !self.config.managed_envoy {
+        if !self.config.managed_data_plane {
             return Ok(());
         }
         let port = self.config.router_port;

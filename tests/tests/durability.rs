@@ -216,7 +216,7 @@ async fn changes_to_other_apis_never_fail_live_traffic() -> anyhow::Result<()> {
 async fn envoy_keeps_serving_while_the_controller_restarts() -> anyhow::Result<()> {
     let up = EchoUpstream::start().await?;
     let mut cfg = GatewayConfig::new("external-envoy");
-    cfg.managed_envoy = false;
+    cfg.managed_data_plane = false;
     let mut gw = Gateway::start_with(cfg).await?;
     assert_eq!(
         gw.create_api(&rest_api("kept", "/kept", &up.url(""), &[("GET", "/x")]))

@@ -139,29 +139,108 @@ async fn seed_flow_deploy_update_undeploy_redeploy_delete() -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn policy_routes_fail_closed_until_a_policy_engine_enforces_them() -> anyhow::Result<()> {
+async fn seed_flow_with_policies_keys_and_rate_limits() -> anyhow::Result<()> {
     let up = EchoUpstream::start().await?;
     let gw = Gateway::start("petstore-policies").await?;
     let (status, body) = gw.create_api(&petstore(&up.url(""), true)).await?;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["policies"][0]["name"], "api-key-auth");
-    gw.wait_route_status("/petstore/pet/1", 503).await?;
+
+    // No key: 401 with the contract's body.
+    gw.wait_route_status("/petstore/pet/1", 401).await?;
     let r = gw
         .client()
         .get(gw.router_url("/petstore/pet/1"))
-        .header("X-API-Key", "anything")
         .send()
         .await?;
-    assert_eq!(r.status(), 503, "never served unchecked");
     assert_eq!(
         r.headers()
             .get("content-type")
             .and_then(|v| v.to_str().ok()),
         Some("application/json")
     );
-    let body: Value = r.json().await?;
-    assert_eq!(body["error"], "Service Unavailable");
-    // Removing the policies (PUT without them) serves the API.
+    assert_eq!(
+        r.json::<Value>().await?,
+        json!({"error": "Unauthorized", "message": "Valid API key required"})
+    );
+
+    // Step 4 of the guide: create a key and call with it.
+    let (s, key) = gw
+        .send_json(
+            Method::POST,
+            "/rest-apis/PetStoreAPI/api-keys",
+            &json!({"name": "test-key"}),
+        )
+        .await?;
+    assert_eq!(s, 201, "{key}");
+    let key = key["key"].as_str().unwrap_or_default().to_string();
+    let call = |path: &'static str, key: String| {
+        let c = gw.client().clone();
+        let url = gw.router_url(path);
+        async move { c.get(url).header("X-API-Key", key).send().await }
+    };
+    gateway_tests::eventually(gateway_tests::PATIENCE, "the new key to work", || {
+        let f = call("/petstore/pet/1", key.clone());
+        async move { f.await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+    })
+    .await?;
+    let r = call("/petstore/pet/1", key.clone()).await?;
+    assert_eq!(
+        r.headers()
+            .get("x-ratelimit-limit")
+            .and_then(|v| v.to_str().ok()),
+        Some("100"),
+        "operation limit"
+    );
+    assert!(r.headers().get("x-ratelimit-remaining").is_some());
+    assert!(r.headers().get("x-ratelimit-reset").is_some());
+    assert!(
+        r.headers()
+            .get("ratelimit-policy")
+            .is_some_and(|v| v.to_str().unwrap_or("").contains("q=100;w=60"))
+    );
+    let echoed: Value = r.json().await?;
+    assert!(
+        echoed["headers"].get("x-api-key").is_none(),
+        "the key never reaches the upstream: {echoed}"
+    );
+    // Other operations count against the API-level limit.
+    let r = gw
+        .client()
+        .get(gw.router_url("/petstore/store/inventory"))
+        .header("X-API-Key", &key)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()
+            .get("x-ratelimit-limit")
+            .and_then(|v| v.to_str().ok()),
+        Some("1000")
+    );
+    assert_eq!(
+        call("/petstore/pet/1", "apip_wrong".into()).await?.status(),
+        401
+    );
+
+    // Revoke: the key stops working.
+    assert_eq!(
+        gw.mgmt(Method::DELETE, "/rest-apis/PetStoreAPI/api-keys/test-key")
+            .send()
+            .await?
+            .status(),
+        200
+    );
+    gateway_tests::eventually(
+        gateway_tests::PATIENCE,
+        "the revoked key to be refused",
+        || {
+            let f = call("/petstore/pet/1", key.clone());
+            async move { f.await.ok().filter(|r| r.status() == 401).map(|_| ()) }
+        },
+    )
+    .await?;
+    // Removing the policies (PUT without them) serves the API without a key.
     let (status, _) = gw
         .send_json(
             Method::PUT,

@@ -225,6 +225,7 @@ mod tests {
                 method: "GET".into(),
                 path: PathPattern::parse("/x").unwrap(),
                 guarded: false,
+                rate_limited: false,
             }],
         }
     }
@@ -303,8 +304,8 @@ mod tests {
         assert_eq!(kinds(&r), vec!["Cluster"]);
         assert_eq!(
             r[0].resources.len(),
-            2,
-            "old cluster kept while routes use it"
+            3,
+            "old cluster kept while routes use it (plus the policy engine's)"
         );
         s.on_request(&request(Kind::Cluster, &r[0].nonce, &[]));
         let r = s.responses(&snap2);
@@ -314,8 +315,8 @@ mod tests {
         assert_eq!(kinds(&r), vec!["Cluster"]);
         assert_eq!(
             r[0].resources.len(),
-            1,
-            "old cluster removed after routes moved"
+            2,
+            "old cluster removed after routes moved (the policy engine's stays)"
         );
     }
 

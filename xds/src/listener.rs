@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
+use crate::policy::{PolicyEngineSettings, ext_proc_filter};
 use crate::routes::{NOT_FOUND_BODY, ROUTE_CONFIG_NAME};
 
 /// Name of the listener resource.
@@ -75,7 +76,7 @@ fn not_found_reply() -> LocalReplyConfig {
 /// The HTTP listener: path normalisation on, routes from RDS over ADS, the router filter last.
 /// `SO_REUSEPORT` is off so that a stale Envoy on the same port makes the new one fail loudly
 /// instead of silently sharing traffic; connections are balanced exactly across workers.
-pub fn listener(settings: &ListenerSettings) -> Listener {
+pub fn listener(settings: &ListenerSettings, policy: &PolicyEngineSettings) -> Listener {
     let hcm = HttpConnectionManager {
         codec_type: CodecType::Auto as i32,
         stat_prefix: "gateway".into(),
@@ -89,13 +90,16 @@ pub fn listener(settings: &ListenerSettings) -> Listener {
             }),
             route_config_name: ROUTE_CONFIG_NAME.into(),
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters: vec![
+            ext_proc_filter(policy),
+            HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                    Router::default(),
+                ))),
+                ..Default::default()
+            },
+        ],
         normalize_path: Some(BoolValue { value: true }),
         merge_slashes: true,
         path_with_escaped_slashes_action: PathWithEscapedSlashesAction::KeepUnchanged as i32,
@@ -134,10 +138,13 @@ mod tests {
 
     #[test]
     fn listener_binds_configured_address_and_uses_rds() {
-        let l = listener(&ListenerSettings {
-            host: "127.0.0.1".into(),
-            port: 18080,
-        });
+        let l = listener(
+            &ListenerSettings {
+                host: "127.0.0.1".into(),
+                port: 18080,
+            },
+            &PolicyEngineSettings::default(),
+        );
         let Some(address::Address::SocketAddress(sa)) = l.address.unwrap().address else {
             panic!("no address")
         };
@@ -156,5 +163,6 @@ mod tests {
             hcm.http_filters.last().unwrap().name,
             "envoy.filters.http.router"
         );
+        assert_eq!(hcm.http_filters[0].name, crate::policy::EXT_PROC_FILTER);
     }
 }

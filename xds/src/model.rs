@@ -24,8 +24,12 @@ pub struct Operation {
     pub method: String,
     /// Parsed operation path.
     pub path: PathPattern,
-    /// Whether policies are attached to this operation (API or operation level).
+    /// Whether policies apply to this operation (API or operation level): Envoy then consults the
+    /// policy engine before forwarding.
     pub guarded: bool,
+    /// Whether a rate limit applies: the route then returns the engine's rate-limit figures as
+    /// response headers.
+    pub rate_limited: bool,
 }
 
 /// URL scheme of an upstream.

@@ -7,16 +7,11 @@
 //! answer, which the listener turns into the JSON 404.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, HeaderValue, HeaderValueOption, data_source::Specifier,
-    header_value_option::HeaderAppendAction,
-};
 use envoy_types::pb::envoy::config::route::v3::{
-    DirectResponseAction, HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteList,
-    RouteMatch, VirtualHost,
+    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteList, RouteMatch, VirtualHost,
     header_matcher::HeaderMatchSpecifier,
     route::Action,
     route_action::{ClusterSpecifier, HostRewriteSpecifier},
@@ -41,13 +36,12 @@ use sha2::{Digest, Sha256};
 
 use crate::clusters::cluster_name;
 use crate::model::{ApiRoutes, Operation, PathPattern, Segment, Upstream, context_prefix};
+use crate::policy::{EXT_PROC_FILTER, enabled_on_route, rate_limit_headers};
 
 /// Name of the single route configuration the listener asks for over RDS.
 pub const ROUTE_CONFIG_NAME: &str = "gateway_routes";
 /// Body of the catch-all answer for paths no API serves.
 pub const NOT_FOUND_BODY: &str = r#"{"error":"Not Found"}"#;
-/// Body answered on routes whose policies cannot be enforced: they fail closed.
-pub const POLICY_UNAVAILABLE_BODY: &str = r#"{"error":"Service Unavailable","message":"Policy enforcement is not available for this route"}"#;
 
 /// Knobs of route translation that come from the gateway configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,29 +77,6 @@ pub struct RankedRoute {
     pub precedence: Precedence,
     /// The Envoy route.
     pub route: Route,
-}
-
-fn json_header() -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key: "content-type".into(),
-            value: "application/json".into(),
-            ..Default::default()
-        }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        ..Default::default()
-    }
-}
-
-fn direct_response(status: u32, body: &str) -> Action {
-    Action::DirectResponse(DirectResponseAction {
-        status,
-        body: Some(DataSource {
-            specifier: Some(Specifier::InlineString(body.to_string())),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
 }
 
 /// How a route recognises request paths (the query string is never part of the match).
@@ -335,33 +306,36 @@ pub fn operation_routes(
     path_rules(&api.context, &op.path, &api.upstream.base_path)
         .into_iter()
         .map(|rule| {
-            let (action, response_headers_to_add) = if op.guarded {
-                (
-                    direct_response(503, POLICY_UNAVAILABLE_BODY),
-                    vec![json_header()],
-                )
+            let action = RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(cluster_name(&api.upstream))),
+                prefix_rewrite: match &rule.rewrite {
+                    Rewrite::Keep => String::new(),
+                    Rewrite::Prefix(p) => p.clone(),
+                },
+                host_rewrite_specifier: Some(HostRewriteSpecifier::AutoHostRewrite(BoolValue {
+                    value: true,
+                })),
+                timeout: Some(timeout),
+                ..Default::default()
+            };
+            let typed_per_filter_config = if op.guarded {
+                HashMap::from([(EXT_PROC_FILTER.to_string(), enabled_on_route())])
             } else {
-                let action = RouteAction {
-                    cluster_specifier: Some(ClusterSpecifier::Cluster(cluster_name(&api.upstream))),
-                    prefix_rewrite: match &rule.rewrite {
-                        Rewrite::Keep => String::new(),
-                        Rewrite::Prefix(p) => p.clone(),
-                    },
-                    host_rewrite_specifier: Some(HostRewriteSpecifier::AutoHostRewrite(
-                        BoolValue { value: true },
-                    )),
-                    timeout: Some(timeout),
-                    ..Default::default()
-                };
-                (Action::Route(action), Vec::new())
+                HashMap::new()
+            };
+            let response_headers_to_add = if op.rate_limited {
+                rate_limit_headers()
+            } else {
+                Vec::new()
             };
             RankedRoute {
                 precedence: precedence(api, op),
                 route: Route {
                     name: route_name(api, op),
                     r#match: Some(route_match(&rule, &op.method)),
-                    action: Some(action),
+                    action: Some(Action::Route(action)),
                     response_headers_to_add,
+                    typed_per_filter_config,
                     ..Default::default()
                 },
             }
@@ -377,12 +351,9 @@ pub fn api_routes(api: &ApiRoutes, settings: &RouteSettings) -> Vec<RankedRoute>
         .collect()
 }
 
-/// The upstream an API's routes forward to (none when every operation fails closed).
+/// The upstream an API's routes forward to (none for an API without operations).
 pub fn forwarded_upstream(api: &ApiRoutes) -> Option<&Upstream> {
-    api.operations
-        .iter()
-        .any(|op| !op.guarded)
-        .then_some(&api.upstream)
+    (!api.operations.is_empty()).then_some(&api.upstream)
 }
 
 /// A route kept encoded: the table holds tens of thousands of them, and the encoded form is a
@@ -649,6 +620,7 @@ mod tests {
                     method: (*m).into(),
                     path: PathPattern::parse(p).unwrap(),
                     guarded: false,
+                    rate_limited: false,
                 })
                 .collect(),
         }
@@ -813,17 +785,32 @@ mod tests {
     }
 
     #[test]
-    fn guarded_operations_fail_closed() {
-        let mut a = api("P", "/p", &[("GET", "/x")]);
+    fn guarded_operations_consult_the_policy_engine() {
+        let mut a = api("P", "/p", &[("GET", "/x"), ("GET", "/y")]);
         a.operations[0].guarded = true;
-        let r = operation_routes(&a, &a.operations[0], &RouteSettings::default())
+        a.operations[0].rate_limited = true;
+        let guarded = operation_routes(&a, &a.operations[0], &RouteSettings::default())
             .remove(0)
             .route;
-        let Some(Action::DirectResponse(d)) = r.action else {
-            panic!("expected direct response")
-        };
-        assert_eq!(d.status, 503);
-        assert!(forwarded_upstream(&a).is_none());
+        assert!(matches!(guarded.action, Some(Action::Route(_))));
+        assert!(
+            guarded
+                .typed_per_filter_config
+                .contains_key(EXT_PROC_FILTER)
+        );
+        assert_eq!(
+            guarded.response_headers_to_add.len(),
+            5,
+            "rate-limit headers from the engine"
+        );
+        let open = operation_routes(&a, &a.operations[1], &RouteSettings::default())
+            .remove(0)
+            .route;
+        assert!(
+            open.typed_per_filter_config.is_empty(),
+            "routes without policies skip the engine"
+        );
+        assert!(open.response_headers_to_add.is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::clusters::{ClusterSettings, cluster};
 use crate::listener::{ListenerSettings, listener};
 use crate::model::ApiRoutes;
+use crate::policy::{POLICY_CLUSTER, PolicyEngineSettings, policy_cluster};
 use crate::routes::{ROUTE_CONFIG_NAME, RouteSettings, RouteTable};
 
 /// Everything that shapes translation besides the APIs themselves.
@@ -20,6 +21,8 @@ pub struct XdsSettings {
     pub routes: RouteSettings,
     /// Cluster translation knobs.
     pub clusters: ClusterSettings,
+    /// Where the policy engine is.
+    pub policy_engine: PolicyEngineSettings,
 }
 
 /// One named, versioned, encoded resource.
@@ -120,10 +123,37 @@ impl Translator {
                 );
             }
         }
+        let mut clusters = self.clusters.clone();
+        clusters.insert(
+            POLICY_CLUSTER.into(),
+            Resource {
+                name: POLICY_CLUSTER.into(),
+                version: short_hash(
+                    format!(
+                        "{:?}{:?}",
+                        self.settings.policy_engine, self.settings.clusters
+                    )
+                    .as_bytes(),
+                ),
+                any: pack_any(policy_cluster(
+                    &self.settings.policy_engine,
+                    &self.settings.clusters,
+                )),
+            },
+        );
         let listener_res = Resource {
             name: crate::listener::LISTENER_NAME.into(),
-            version: short_hash(format!("{:?}", self.settings.listener).as_bytes()),
-            any: pack_any(listener(&self.settings.listener)),
+            version: short_hash(
+                format!(
+                    "{:?}{:?}",
+                    self.settings.listener, self.settings.policy_engine
+                )
+                .as_bytes(),
+            ),
+            any: pack_any(listener(
+                &self.settings.listener,
+                &self.settings.policy_engine,
+            )),
         };
         let routes = Resource {
             name: ROUTE_CONFIG_NAME.into(),
@@ -133,7 +163,7 @@ impl Translator {
         Snapshot {
             listener: listener_res,
             route_clusters: upstreams.keys().cloned().collect(),
-            clusters: self.clusters.clone(),
+            clusters,
             routes,
         }
     }
@@ -158,6 +188,7 @@ mod tests {
                 method: "GET".into(),
                 path: PathPattern::parse("/x").unwrap(),
                 guarded: false,
+                rate_limited: false,
             }],
         }
     }
@@ -169,8 +200,9 @@ mod tests {
         t.apply(Change::Upsert(api("b", 1000)));
         t.apply(Change::Upsert(api("c", 2000)));
         let s = t.snapshot();
-        let names: Vec<&String> = s.clusters.keys().collect();
+        let names: Vec<&String> = s.clusters.keys().filter(|n| *n != POLICY_CLUSTER).collect();
         assert_eq!(names.len(), 2, "two upstreams, two clusters: {names:?}");
+        assert!(s.clusters.contains_key(POLICY_CLUSTER));
         assert!(
             names[0].starts_with("upstream_http_127_0_0_1_1000_"),
             "{names:?}"
@@ -182,7 +214,7 @@ mod tests {
         assert_eq!(s.route_clusters.len(), 2);
         t.apply(Change::Remove("c".into()));
         let s2 = t.snapshot();
-        assert_eq!(s2.clusters.len(), 1);
+        assert_eq!(s2.clusters.len(), 2, "one upstream and the policy engine");
         assert_ne!(s.routes.version, s2.routes.version);
         assert_eq!(s.listener.version, s2.listener.version);
     }

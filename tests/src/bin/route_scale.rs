@@ -517,7 +517,7 @@ async fn run_phase(
     );
     let mut config = GatewayConfig::new(&format!("route-scale-{}", spec.key.to_ascii_lowercase()));
     config.envoy_concurrency = 2;
-    config.managed_envoy = true;
+    config.managed_data_plane = true;
     let mut gw = Gateway::start_with(config).await?;
     let result = measure_phase(&gw, spec, args, upstream, wrk)
         .await
