@@ -614,6 +614,18 @@ roles = ["admin"]
     }
 
     #[test]
+    fn shipped_config_loads_without_warnings() {
+        let l = load_from(include_str!("../../config.toml"), env(&[])).unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        assert_eq!(l.config.controller.server.port, 9090);
+        assert_eq!(l.config.policy_engine.port, 9001);
+        assert!(
+            l.config.controller.controlplane.host.is_empty(),
+            "no control plane by default"
+        );
+    }
+
+    #[test]
     fn seed_config_loads_with_defaults_for_the_rest() {
         let l = load_from(BASE, env(&[])).unwrap();
         assert_eq!(l.config.controller.server.port, 9090);
