@@ -160,11 +160,11 @@ async fn api_keys_at_request_time() -> anyhow::Result<()> {
     wait_status(&gw, "/a/x", Some(("X-API-Key", custom)), 200).await?;
     wait_status(&gw, "/a/x", Some(("X-API-Key", &ka2)), 401).await?;
 
-    // Expiry: a key valid for two seconds stops working by itself.
+    // Expiry: a key valid for five seconds stops working by itself.
     let short = new_key(
         &gw,
         "a",
-        json!({"name": "short", "expiresIn": {"duration": 2, "unit": "seconds"}}),
+        json!({"name": "short", "expiresIn": {"duration": 5, "unit": "seconds"}}),
     )
     .await?;
     wait_status(&gw, "/a/x", Some(("X-API-Key", &short)), 200).await?;
