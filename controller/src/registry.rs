@@ -216,7 +216,13 @@ impl Registry {
                     error!(api = e.row.handle, error = %err, "cannot read API keys; publishing none");
                     Vec::new()
                 });
-                self.policies.set(&e.row.handle, &api_policies(v, &keys));
+                let policies = api_policies(v, &keys);
+                // Engines only see routes with policies: an API without any needs no resource.
+                if policies.routes.is_empty() {
+                    self.policies.remove(&e.row.handle);
+                } else {
+                    self.policies.set(&e.row.handle, &policies);
+                }
             }
             _ => self.policies.remove(&e.row.handle),
         }

@@ -60,7 +60,32 @@ struct Encoded {
     json: Vec<u8>,
 }
 
-type Resources = BTreeMap<String, Arc<Encoded>>;
+/// Current resources plus a change log, so that a stream catching up after a change looks at the
+/// APIs that changed, not at every API.
+#[derive(Debug, Default)]
+struct Resources {
+    entries: BTreeMap<String, Arc<Encoded>>,
+    /// Sequence number of each API's last change (removed APIs keep theirs as tombstones).
+    changed_at: HashMap<String, u64>,
+    /// The same, ordered by sequence number.
+    log: BTreeMap<u64, String>,
+    seq: u64,
+}
+
+impl Resources {
+    fn touch(&mut self, api: &str) {
+        self.seq += 1;
+        if let Some(old) = self.changed_at.insert(api.to_string(), self.seq) {
+            self.log.remove(&old);
+        }
+        self.log.insert(self.seq, api.to_string());
+    }
+
+    /// APIs changed after sequence number `after`.
+    fn changed_since(&self, after: u64) -> impl Iterator<Item = &String> {
+        self.log.range(after + 1..).map(|(_, api)| api)
+    }
+}
 
 /// The controller's side: the current per-API resources and the delta ADS service that streams
 /// them to engines.
@@ -79,7 +104,7 @@ impl Distributor {
     /// An empty distributor.
     pub fn new() -> Self {
         Self {
-            tx: Arc::new(watch::channel(Resources::new()).0),
+            tx: Arc::new(watch::channel(Resources::default()).0),
         }
     }
 
@@ -88,17 +113,25 @@ impl Distributor {
         let json = serde_json::to_vec(policies).unwrap_or_default();
         let version = hex::encode(&Sha256::digest(&json)[..12]);
         self.tx.send_if_modified(|m| {
-            if m.get(api).is_some_and(|e| e.version == version) {
+            if m.entries.get(api).is_some_and(|e| e.version == version) {
                 return false;
             }
-            m.insert(api.to_string(), Arc::new(Encoded { version, json }));
+            m.entries
+                .insert(api.to_string(), Arc::new(Encoded { version, json }));
+            m.touch(api);
             true
         });
     }
 
     /// Removes API `api`.
     pub fn remove(&self, api: &str) {
-        self.tx.send_if_modified(|m| m.remove(api).is_some());
+        self.tx.send_if_modified(|m| {
+            let removed = m.entries.remove(api).is_some();
+            if removed {
+                m.touch(api);
+            }
+            removed
+        });
     }
 
     /// Serves engines on `listener` until `shutdown` resolves.
@@ -126,26 +159,29 @@ struct DeltaService {
     rx: watch::Receiver<Resources>,
 }
 
-/// The changes that bring a peer holding `sent` up to `current`.
-fn diff(current: &Resources, sent: &HashMap<String, String>) -> (Vec<Resource>, Vec<String>) {
-    let changed = current
-        .iter()
-        .filter(|(name, e)| sent.get(*name) != Some(&e.version))
-        .map(|(name, e)| Resource {
-            name: name.clone(),
-            version: e.version.clone(),
-            resource: Some(Any {
-                type_url: POLICY_TYPE.into(),
-                value: e.json.clone(),
+/// The changes among `names` that bring a peer holding `sent` up to `current`.
+fn diff<'a>(
+    current: &BTreeMap<String, Arc<Encoded>>,
+    names: impl Iterator<Item = &'a String>,
+    sent: &HashMap<String, String>,
+) -> (Vec<Resource>, Vec<String>) {
+    let mut changed = Vec::new();
+    let mut removed = Vec::new();
+    for name in names {
+        match current.get(name) {
+            Some(e) if sent.get(name) != Some(&e.version) => changed.push(Resource {
+                name: name.clone(),
+                version: e.version.clone(),
+                resource: Some(Any {
+                    type_url: POLICY_TYPE.into(),
+                    value: e.json.clone(),
+                }),
+                ..Default::default()
             }),
-            ..Default::default()
-        })
-        .collect();
-    let removed = sent
-        .keys()
-        .filter(|n| !current.contains_key(*n))
-        .cloned()
-        .collect();
+            None if sent.contains_key(name) => removed.push(name.clone()),
+            _ => {}
+        }
+    }
     (changed, removed)
 }
 
@@ -171,10 +207,22 @@ async fn run_delta_stream(
     info!(node, "policy engine connected");
     let mut sent: HashMap<String, String> = first.initial_resource_versions;
     let mut nonce = 0u64;
+    // The first answer compares everything (the engine may hold anything); later ones only what
+    // changed since the last.
+    let mut cursor: Option<u64> = None;
     loop {
         let (changed, removed) = {
             let current = rx.borrow_and_update();
-            diff(&current, &sent)
+            let result = match cursor {
+                None => {
+                    let names: std::collections::BTreeSet<&String> =
+                        current.entries.keys().chain(sent.keys()).collect();
+                    diff(&current.entries, names.into_iter(), &sent)
+                }
+                Some(c) => diff(&current.entries, current.changed_since(c), &sent),
+            };
+            cursor = Some(current.seq);
+            result
         };
         if !changed.is_empty() || !removed.is_empty() {
             for r in &changed {
@@ -321,13 +369,16 @@ mod tests {
 
     #[test]
     fn diffs_send_only_changes_and_removals() {
-        let current: Resources =
-            BTreeMap::from([("a".into(), encoded("1")), ("b".into(), encoded("2"))]);
+        let current = BTreeMap::from([
+            ("a".to_string(), encoded("1")),
+            ("b".to_string(), encoded("2")),
+        ]);
         let sent = HashMap::from([
             ("a".to_string(), "1".to_string()),
             ("c".to_string(), "9".to_string()),
         ]);
-        let (changed, removed) = diff(&current, &sent);
+        let names: Vec<String> = vec!["a".into(), "b".into(), "c".into()];
+        let (changed, removed) = diff(&current, names.iter(), &sent);
         assert_eq!(
             changed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
             vec!["b"]
@@ -337,6 +388,17 @@ mod tests {
             changed[0].resource.as_ref().map(|a| a.type_url.as_str()),
             Some(POLICY_TYPE)
         );
+    }
+
+    #[test]
+    fn the_change_log_keeps_the_last_change_of_each_api() {
+        let mut r = Resources::default();
+        r.touch("a");
+        r.touch("b");
+        r.touch("a");
+        assert_eq!(r.changed_since(0).collect::<Vec<_>>(), vec!["b", "a"]);
+        assert_eq!(r.changed_since(2).collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(r.changed_since(3).count(), 0);
     }
 
     #[tokio::test]

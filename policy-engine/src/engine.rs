@@ -30,12 +30,11 @@ impl From<ApiPolicies> for ApiState {
     }
 }
 
-/// Every API's policies at one moment.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// API id -> its policies.
-    pub apis: HashMap<String, Arc<ApiState>>,
-}
+/// API id -> its policies, for the APIs of one shard.
+type Shard = HashMap<Arc<str>, Arc<ApiState>>;
+
+/// Shards of the API map: an update copies only the shards it touches.
+const SHARDS: usize = 64;
 
 /// What the engine decides for a route it has no configuration for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,11 +45,28 @@ pub enum Outcome {
     Unconfigured,
 }
 
-/// The policy engine: snapshot plus counters.
-#[derive(Debug, Default)]
+/// The policy engine: every API's policies (each shard swapped atomically) plus the counters.
+#[derive(Debug)]
 pub struct Engine {
-    snapshot: ArcSwap<Snapshot>,
+    shards: Vec<ArcSwap<Shard>>,
     limiter: Limiter,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| ArcSwap::from_pointee(Shard::new()))
+                .collect(),
+            limiter: Limiter::default(),
+        }
+    }
+}
+
+fn shard_of(api: &str) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(api, &mut h);
+    (std::hash::Hasher::finish(&h) as usize) % SHARDS
 }
 
 /// Unix time in nanoseconds.
@@ -64,27 +80,36 @@ pub fn now_ns() -> u128 {
 impl Engine {
     /// Applies a batch of per-API changes from the controller.
     pub fn apply(&self, changed: Vec<(String, ApiPolicies)>, removed: Vec<String>) {
-        let current = self.snapshot.load();
-        let mut apis = current.apis.clone();
+        let mut touched: HashMap<usize, Shard> = HashMap::new();
         for (api, p) in changed {
-            apis.insert(api, Arc::new(ApiState::from(p)));
+            let i = shard_of(&api);
+            let shard = touched
+                .entry(i)
+                .or_insert_with(|| (**self.shards[i].load()).clone());
+            shard.insert(Arc::from(api), Arc::new(ApiState::from(p)));
         }
         for api in removed {
-            apis.remove(&api);
+            let i = shard_of(&api);
+            let shard = touched
+                .entry(i)
+                .or_insert_with(|| (**self.shards[i].load()).clone());
+            shard.remove(api.as_str());
         }
-        self.snapshot.store(Arc::new(Snapshot { apis }));
+        for (i, shard) in touched {
+            self.shards[i].store(Arc::new(shard));
+        }
     }
 
     /// Number of APIs configured.
     pub fn api_count(&self) -> usize {
-        self.snapshot.load().apis.len()
+        self.shards.iter().map(|s| s.load().len()).sum()
     }
 
     /// Decides a request to route `route` (its name is `<api id>|<METHOD>|<path>`).
     pub fn decide(&self, route: &str, req: RequestView<'_>, now_ns: u128) -> Outcome {
-        let snapshot = self.snapshot.load();
         let api = route.split('|').next().unwrap_or_default();
-        let Some(state) = snapshot.apis.get(api) else {
+        let shard = self.shards[shard_of(api)].load();
+        let Some(state) = shard.get(api) else {
             return Outcome::Unconfigured;
         };
         let Some(chain) = state.routes.get(route) else {

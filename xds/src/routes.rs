@@ -404,7 +404,8 @@ fn ancestors(context: &str) -> Vec<String> {
 struct ApiEntry {
     context: String,
     routes: Box<[StoredRoute]>,
-    upstream: Option<Upstream>,
+    /// The cluster this API forwards to, by name.
+    upstream: Option<(String, Upstream)>,
     fingerprint: [u8; 32],
 }
 
@@ -417,6 +418,8 @@ struct ContextEntry {
 /// The route table of every deployed API, with per-context pieces cached so that a change only
 /// re-translates the APIs it touches.
 pub struct RouteTable {
+    /// Cluster name -> (upstream, number of APIs forwarding to it), kept up to date per change.
+    clusters: BTreeMap<String, (Upstream, usize)>,
     settings: RouteSettings,
     apis: BTreeMap<String, ApiEntry>,
     contexts: BTreeMap<String, ContextEntry>,
@@ -435,6 +438,7 @@ impl RouteTable {
             settings,
             apis: BTreeMap::new(),
             contexts: BTreeMap::new(),
+            clusters: BTreeMap::new(),
         }
     }
 
@@ -479,6 +483,13 @@ impl RouteTable {
             .or_default()
             .apis
             .insert(api.id.clone());
+        let upstream = forwarded_upstream(api).map(|u| (cluster_name(u), u.clone()));
+        if let Some((name, u)) = &upstream {
+            self.clusters
+                .entry(name.clone())
+                .or_insert_with(|| (u.clone(), 0))
+                .1 += 1;
+        }
         self.apis.insert(
             api.id.clone(),
             ApiEntry {
@@ -493,7 +504,7 @@ impl RouteTable {
                     // of the message structs alive.
                     .collect::<Vec<_>>()
                     .into_boxed_slice(),
-                upstream: forwarded_upstream(api).cloned(),
+                upstream,
                 fingerprint: fp,
             },
         );
@@ -505,6 +516,14 @@ impl RouteTable {
         let Some(old) = self.apis.remove(id) else {
             return false;
         };
+        if let Some((name, _)) = &old.upstream
+            && let Some(entry) = self.clusters.get_mut(name)
+        {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                self.clusters.remove(name);
+            }
+        }
         self.invalidate(&old.context);
         if let Some(c) = self.contexts.get_mut(&old.context) {
             c.apis.remove(id);
@@ -517,10 +536,9 @@ impl RouteTable {
 
     /// Every upstream some route forwards to, by cluster name.
     pub fn upstreams(&self) -> BTreeMap<String, Upstream> {
-        self.apis
-            .values()
-            .filter_map(|e| e.upstream.as_ref())
-            .map(|u| (cluster_name(u), u.clone()))
+        self.clusters
+            .iter()
+            .map(|(name, (u, _))| (name.clone(), u.clone()))
             .collect()
     }
 

@@ -168,17 +168,20 @@ fn translate_loop(
     tx: watch::Sender<Arc<Snapshot>>,
     metrics: Arc<XdsMetrics>,
 ) {
+    let mut last_build = std::time::Duration::ZERO;
     while let Ok(first) = rx.recv() {
         let mut changed = translator.apply(first);
-        // Let a burst gather for a moment, then take everything queued: under a sustained stream
-        // of changes snapshots are still built every few milliseconds.
-        std::thread::sleep(COALESCE);
+        // Let a burst gather, then take everything queued. The wait is at least as long as the
+        // last build took, so building snapshots never takes more than half of a core and a
+        // stream of changes at any rate still yields a snapshot every few milliseconds.
+        std::thread::sleep(COALESCE.max(last_build));
         while let Ok(c) = rx.try_recv() {
             changed |= translator.apply(c);
         }
         if changed {
             let started = std::time::Instant::now();
             let snap = translator.snapshot();
+            last_build = started.elapsed();
             record(&metrics, &translator, &snap);
             debug!(
                 apis = translator.api_count(),
