@@ -3,6 +3,7 @@
 //! to both the management API and the router as a user would.
 
 pub mod upstream;
+pub mod wrk;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

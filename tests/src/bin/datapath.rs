@@ -60,6 +60,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     processing_request::Request as Req,
     processing_response::Response as Resp,
 };
+use gateway_tests::wrk::{WrkRun, find_wrk, parse_wrk};
 use gateway_tests::{EchoUpstream, Gateway, GatewayConfig, PATIENCE, eventually, free_port};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -417,64 +418,6 @@ async fn report_leftovers(started: &[Tracked]) {
 // ---------------------------------------------------------------------------------------------
 // wrk.
 
-/// The figures of one `wrk` run.
-#[derive(Debug, Clone, Default)]
-struct WrkRun {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    requests: u64,
-    non_2xx: u64,
-    socket_errors: String,
-}
-
-/// Parses a wrk duration such as `812.00us`, `1.23ms`, `2.01s` or `1.00m` into milliseconds.
-fn wrk_ms(s: &str) -> Option<f64> {
-    let s = s.trim();
-    let (num, factor) = if let Some(n) = s.strip_suffix("us") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000.0)
-    } else {
-        (s, 1000.0)
-    };
-    num.parse::<f64>().ok().map(|v| v * factor)
-}
-
-fn parse_wrk(out: &str) -> Result<WrkRun> {
-    let mut run = WrkRun::default();
-    let mut seen_rps = false;
-    for line in out.lines().map(str::trim) {
-        let second = || line.split_whitespace().nth(1).and_then(wrk_ms);
-        if line.starts_with("50%") {
-            run.p50_ms = second().unwrap_or(0.0);
-        } else if line.starts_with("99%") {
-            run.p99_ms = second().unwrap_or(0.0);
-        } else if let Some(v) = line.strip_prefix("Requests/sec:") {
-            run.rps = v.trim().parse().context("parsing Requests/sec")?;
-            seen_rps = true;
-        } else if line.contains(" requests in ") {
-            run.requests = line
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            run.non_2xx = v.trim().parse().unwrap_or(0);
-        } else if line.starts_with("Socket errors:") {
-            run.socket_errors = line.to_string();
-        }
-    }
-    if !seen_rps {
-        bail!("unexpected wrk output:\n{out}");
-    }
-    Ok(run)
-}
-
 /// One bounded `wrk -t2 -c50 --latency` run against `url` with the key header.
 async fn run_wrk(bin: &Path, url: &str, key: &str, seconds: u64) -> Result<WrkRun> {
     let child = Command::new(bin)
@@ -506,18 +449,6 @@ async fn run_wrk(bin: &Path, url: &str, key: &str, seconds: u64) -> Result<WrkRu
         );
     }
     parse_wrk(&stdout)
-}
-
-fn find_wrk() -> Option<PathBuf> {
-    let default = PathBuf::from("/usr/bin/wrk");
-    if default.is_file() {
-        return Some(default);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("wrk"))
-            .find(|p| p.is_file())
-    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,12 +27,13 @@
 //! the data-path part is skipped. All traffic stays on 127.0.0.1.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use gateway_tests::wrk::{WrkRun, find_wrk, parse_wrk};
 use gateway_tests::{
     ADMIN_AUTH, EchoUpstream, Gateway, GatewayConfig, PATIENCE, eventually, rest_api,
     sibling_binary,
@@ -188,17 +189,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// The figures of one `wrk` run.
-#[derive(Debug, Clone, Default)]
-struct WrkRun {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    requests: u64,
-    non_2xx: u64,
-    socket_errors: String,
 }
 
 /// Mean figures of several `wrk` runs of one kind.
@@ -659,53 +649,6 @@ end
     )
 }
 
-/// Parses a wrk duration such as `812.00us`, `1.23ms`, `2.01s` or `1.00m` into milliseconds.
-fn wrk_ms(s: &str) -> Option<f64> {
-    let s = s.trim();
-    let (num, factor) = if let Some(n) = s.strip_suffix("us") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000.0)
-    } else {
-        (s, 1000.0)
-    };
-    num.parse::<f64>().ok().map(|v| v * factor)
-}
-
-fn parse_wrk(out: &str) -> Result<WrkRun> {
-    let mut run = WrkRun::default();
-    let mut seen_rps = false;
-    for line in out.lines().map(str::trim) {
-        let second = || line.split_whitespace().nth(1).and_then(wrk_ms);
-        if line.starts_with("50%") {
-            run.p50_ms = second().unwrap_or(0.0);
-        } else if line.starts_with("99%") {
-            run.p99_ms = second().unwrap_or(0.0);
-        } else if let Some(v) = line.strip_prefix("Requests/sec:") {
-            run.rps = v.trim().parse().context("parsing Requests/sec")?;
-            seen_rps = true;
-        } else if line.contains(" requests in ") {
-            run.requests = line
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            run.non_2xx = v.trim().parse().unwrap_or(0);
-        } else if line.starts_with("Socket errors:") {
-            run.socket_errors = line.to_string();
-        }
-    }
-    if !seen_rps {
-        bail!("unexpected wrk output:\n{out}");
-    }
-    Ok(run)
-}
-
 /// One bounded `wrk -t2 -c50 --latency` run against the router on loopback.
 async fn run_wrk(bin: &Path, script: &Path, base_url: &str, seconds: u64) -> Result<WrkRun> {
     let child = Command::new(bin)
@@ -767,18 +710,6 @@ async fn data_path(gw: &Gateway, bin: &Path, apis: usize, args: &Args) -> Result
     let _ = std::fs::remove_file(&single_path);
     let _ = std::fs::remove_file(&spread_path);
     result
-}
-
-fn find_wrk() -> Option<PathBuf> {
-    let default = PathBuf::from("/usr/bin/wrk");
-    if default.is_file() {
-        return Some(default);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("wrk"))
-            .find(|p| p.is_file())
-    })
 }
 
 /// A data-path cell: the figures, the reason they are missing, or `-` for phases without them.
