@@ -60,6 +60,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     processing_request::Request as Req,
     processing_response::Response as Resp,
 };
+use gateway_tests::stats::Stats;
 use gateway_tests::wrk::{WrkRun, find_wrk, parse_wrk};
 use gateway_tests::{EchoUpstream, Gateway, GatewayConfig, PATIENCE, eventually, free_port};
 use reqwest::{Method, StatusCode};
@@ -608,35 +609,6 @@ impl Summary {
             idle: Stats::default(),
         }
     }
-}
-
-/// Percentiles of a set of durations, in milliseconds.
-#[derive(Debug, Clone, Copy, Default)]
-struct Stats {
-    p50: f64,
-    p99: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(samples: &[Duration]) -> Self {
-        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-        ms.sort_by(f64::total_cmp);
-        Self {
-            p50: percentile(&ms, 50.0),
-            p99: percentile(&ms, 99.0),
-            max: ms.last().copied().unwrap_or(0.0),
-        }
-    }
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 // ---------------------------------------------------------------------------------------------
