@@ -1,8 +1,10 @@
 //! Running `wrk` from the benchmark programs: finding it and reading its figures.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use tokio::process::Command;
 
 /// The figures of one `wrk --latency` run.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +69,25 @@ pub fn parse_wrk(out: &str) -> Result<WrkRun> {
         bail!("unexpected wrk output:\n{out}");
     }
     Ok(run)
+}
+
+/// Runs a prepared wrk command for a load of `seconds`, bounded in time, and reads its figures.
+pub async fn run(mut cmd: Command, seconds: u64) -> Result<WrkRun> {
+    let child = cmd.kill_on_drop(true).output();
+    let out = tokio::time::timeout(Duration::from_secs(seconds + 30), child)
+        .await
+        .context("wrk did not finish in time")?
+        .context("running wrk")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "wrk failed ({}): {}{}",
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_wrk(&stdout)
 }
 
 /// The `wrk` binary: `/usr/bin/wrk` or the first on `PATH`.

@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 
 use super::body::read_optional_document;
 use super::error::ApiError;
-use super::{AppState, Caller, KEY_ROLES};
+use super::{AppState, Caller, KEY_ROLES, blocking, path_params};
 use crate::keys::{self, ExpiresIn};
-use crate::registry::{IssuedKey, KeyRequest, Registry, RegistryError, key_active, now};
+use crate::registry::{IssuedKey, KeyRequest, key_active, now};
 use crate::store::KeyRow;
 use crate::validate::FieldError;
 
@@ -85,22 +85,9 @@ fn expiry(at: Option<&str>, within: Option<&ExpiresIn>) -> Result<Option<String>
     keys::expiry(at, within, chrono::Utc::now()).map_err(|e| bad("expiresAt", e.to_string()))
 }
 
-fn ids(p: Result<Path<(String, String)>, PathRejection>) -> Result<(String, String), ApiError> {
-    p.map(|Path(v)| v)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid path: {e}")))
-}
-
-fn api_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    p.map(|Path(v)| v)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid path: {e}")))
-}
-
-async fn blocking<T: Send + 'static>(
-    st: &AppState,
-    f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let r = st.registry.clone();
-    Ok(tokio::task::spawn_blocking(move || f(&r)).await??)
+/// A freshly generated key value (503 if the OS random source fails).
+fn generated_key() -> Result<String, ApiError> {
+    keys::generate().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
 }
 
 fn key_json(api: &str, k: &KeyRow, shown: &str) -> Value {
@@ -142,7 +129,7 @@ pub async fn create(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(KEY_ROLES)?;
-    let id = api_id(id)?;
+    let id: String = path_params(id)?;
     let req: CreateKey = typed(read_optional_document(&headers, body, st.max_body).await?)?;
     let name = match req.name {
         Some(n) if is_key_name(&n) => n,
@@ -152,12 +139,7 @@ pub async fn create(
                 "name must be 1-63 characters of letters, digits, '.', '_' or '-'",
             ));
         }
-        None => format!(
-            "key-{}",
-            &keys::generate()
-                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
-                [5..17]
-        ),
+        None => format!("key-{}", &generated_key()?[5..17]),
     };
     let display_name = req.display_name.unwrap_or_else(|| name.clone());
     if display_name.is_empty()
@@ -174,11 +156,7 @@ pub async fn create(
             keys::check_custom(&v).map_err(|e| bad("apiKey", e.to_string()))?;
             (v, "external")
         }
-        None => (
-            keys::generate()
-                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?,
-            "local",
-        ),
+        None => (generated_key()?, "local"),
     };
     let expires_at = expiry(req.expires_at.as_deref(), req.expires_in.as_ref())?;
     let (quota, user) = (st.key_quota, caller.0.username.clone());
@@ -191,7 +169,10 @@ pub async fn create(
         expires_at,
     };
     let target = id.clone();
-    let k = blocking(&st, move |r| r.create_key(&target, request, &user, quota)).await?;
+    let k = blocking(&st.registry, move |r| {
+        r.create_key(&target, request, &user, quota)
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(issued(&id, &k, &shown, "API key generated successfully")),
@@ -205,9 +186,9 @@ pub async fn list(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(KEY_ROLES)?;
-    let id = api_id(id)?;
+    let id: String = path_params(id)?;
     let target = id.clone();
-    let all = blocking(&st, move |r| r.list_keys(&target)).await?;
+    let all = blocking(&st.registry, move |r| r.list_keys(&target)).await?;
     let keys: Vec<Value> = all.iter().map(|k| key_json(&id, k, &k.masked)).collect();
     Ok(Json(
         json!({"status": "success", "totalCount": keys.len(), "apiKeys": keys}),
@@ -223,13 +204,12 @@ pub async fn regenerate(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(KEY_ROLES)?;
-    let (id, key) = ids(p)?;
+    let (id, key): (String, String) = path_params(p)?;
     let req: Expiry = typed(read_optional_document(&headers, body, st.max_body).await?)?;
     let expires_at = expiry(req.expires_at.as_deref(), req.expires_in.as_ref())?;
-    let value = keys::generate()
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let value = generated_key()?;
     let (shown, quota, target) = (value.clone(), st.key_quota, id.clone());
-    let k = blocking(&st, move |r| {
+    let k = blocking(&st.registry, move |r| {
         r.replace_key_value(&target, &key, &value, "local", expires_at, quota)
     })
     .await?;
@@ -250,7 +230,7 @@ pub async fn update(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(KEY_ROLES)?;
-    let (id, key) = ids(p)?;
+    let (id, key): (String, String) = path_params(p)?;
     let req: SetValue = typed(read_optional_document(&headers, body, st.max_body).await?)?;
     let value = req
         .api_key
@@ -258,7 +238,7 @@ pub async fn update(
     keys::check_custom(&value).map_err(|e| bad("apiKey", e.to_string()))?;
     let expires_at = expiry(req.expires_at.as_deref(), req.expires_in.as_ref())?;
     let (quota, target) = (st.key_quota, id.clone());
-    let k = blocking(&st, move |r| {
+    let k = blocking(&st.registry, move |r| {
         r.replace_key_value(&target, &key, &value, "external", expires_at, quota)
     })
     .await?;
@@ -278,8 +258,8 @@ pub async fn revoke(
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(KEY_ROLES)?;
-    let (id, key) = ids(p)?;
-    blocking(&st, move |r| r.revoke_key(&id, &key)).await?;
+    let (id, key): (String, String) = path_params(p)?;
+    blocking(&st.registry, move |r| r.revoke_key(&id, &key)).await?;
     Ok(Json(
         json!({"status": "success", "message": "API key revoked successfully"}),
     ))

@@ -7,7 +7,8 @@ pub mod rest_apis;
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri, header};
 use axum::routing::{get, post, put};
@@ -15,7 +16,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::auth::{AuthError, Authenticator, Principal, Role};
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
 use error::ApiError;
 
 /// Roles that may manage API definitions.
@@ -83,6 +84,21 @@ impl FromRequestParts<AppState> for Caller {
             )),
         }
     }
+}
+
+/// Runs a registry operation off the async runtime (it takes a lock and may write SQLite).
+pub async fn blocking<T: Send + 'static>(
+    registry: &Arc<Registry>,
+    f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let r = registry.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&r)).await??)
+}
+
+/// Path parameters, or a 400 in the error shape.
+pub fn path_params<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    p.map(|Path(v)| v)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid path: {e}")))
 }
 
 async fn health() -> Json<Value> {

@@ -1,7 +1,5 @@
 //! `/rest-apis` handlers: create, list, get, update, delete.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -11,9 +9,9 @@ use serde_json::{Map, Value, json};
 
 use super::body::read_document;
 use super::error::ApiError;
-use super::{AppState, Caller, DEFINITION_ROLES};
+use super::{AppState, Caller, DEFINITION_ROLES, blocking, path_params};
 use crate::model::ApiRequest;
-use crate::registry::{ApiEntry, Registry, RegistryError};
+use crate::registry::ApiEntry;
 use crate::validate::{FieldError, ValidApi, validate_rest_api};
 
 /// Parses and validates a request document; returns the validated API and the envelope to store.
@@ -70,19 +68,6 @@ pub fn render(e: &ApiEntry) -> Value {
     v
 }
 
-async fn blocking<T: Send + 'static>(
-    registry: &Arc<Registry>,
-    f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let r = registry.clone();
-    Ok(tokio::task::spawn_blocking(move || f(&r)).await??)
-}
-
-fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    p.map(|Path(id)| id)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid path: {e}")))
-}
-
 /// `POST /rest-apis`.
 pub async fn create(
     State(st): State<AppState>,
@@ -106,7 +91,7 @@ pub async fn update(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(DEFINITION_ROLES)?;
-    let id = path_id(id)?;
+    let id = path_params::<String>(id)?;
     let doc = read_document(&headers, body, st.max_body).await?;
     // An unknown id is a 404 even when the body is also invalid.
     let target = id.clone();
@@ -123,7 +108,7 @@ pub async fn get(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(DEFINITION_ROLES)?;
-    let id = path_id(id)?;
+    let id = path_params::<String>(id)?;
     let entry = blocking(&st.registry, move |r| r.get(&id)).await?;
     Ok(Json(render(&entry)))
 }
@@ -135,7 +120,7 @@ pub async fn delete(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(DEFINITION_ROLES)?;
-    let id = path_id(id)?;
+    let id = path_params::<String>(id)?;
     let target = id.clone();
     blocking(&st.registry, move |r| r.delete(&target)).await?;
     Ok(Json(

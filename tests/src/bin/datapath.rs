@@ -61,7 +61,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     processing_response::Response as Resp,
 };
 use gateway_tests::stats::Stats;
-use gateway_tests::wrk::{WrkRun, find_wrk, parse_wrk};
+use gateway_tests::wrk::{WrkRun, find_wrk};
 use gateway_tests::{EchoUpstream, Gateway, GatewayConfig, PATIENCE, eventually, free_port};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -421,35 +421,20 @@ async fn report_leftovers(started: &[Tracked]) {
 
 /// One bounded `wrk -t2 -c50 --latency` run against `url` with the key header.
 async fn run_wrk(bin: &Path, url: &str, key: &str, seconds: u64) -> Result<WrkRun> {
-    let child = Command::new(bin)
-        .args([
-            "-t2",
-            "-c50",
-            &format!("-d{seconds}s"),
-            "--timeout",
-            "5s",
-            "--latency",
-            "-H",
-            &format!("{KEY_HEADER}: {key}"),
-        ])
-        .arg(url)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(seconds + 30), child)
-        .await
-        .context("wrk did not finish in time")?
-        .context("running wrk")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "wrk failed ({}): {}{}",
-            out.status,
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    parse_wrk(&stdout)
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-t2",
+        "-c50",
+        &format!("-d{seconds}s"),
+        "--timeout",
+        "5s",
+        "--latency",
+        "-H",
+        &format!("{KEY_HEADER}: {key}"),
+    ])
+    .arg(url)
+    .stdin(Stdio::null());
+    gateway_tests::wrk::run(cmd, seconds).await
 }
 
 // ---------------------------------------------------------------------------------------------

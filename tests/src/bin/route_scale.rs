@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use gateway_tests::stats::Stats;
-use gateway_tests::wrk::{WrkRun, find_wrk, parse_wrk};
+use gateway_tests::wrk::{WrkRun, find_wrk};
 use gateway_tests::{
     ADMIN_AUTH, EchoUpstream, Gateway, GatewayConfig, PATIENCE, eventually, rest_api,
     sibling_binary,
@@ -623,34 +623,19 @@ end
 
 /// One bounded `wrk -t2 -c50 --latency` run against the router on loopback.
 async fn run_wrk(bin: &Path, script: &Path, base_url: &str, seconds: u64) -> Result<WrkRun> {
-    let child = Command::new(bin)
-        .args([
-            "-t2",
-            "-c50",
-            &format!("-d{seconds}s"),
-            "--timeout",
-            "5s",
-            "--latency",
-            "-s",
-        ])
-        .arg(script)
-        .arg(base_url)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(seconds + 30), child)
-        .await
-        .context("wrk did not finish in time")?
-        .context("running wrk")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "wrk failed ({}): {}{}",
-            out.status,
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    parse_wrk(&stdout)
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-t2",
+        "-c50",
+        &format!("-d{seconds}s"),
+        "--timeout",
+        "5s",
+        "--latency",
+        "-s",
+    ])
+    .arg(script)
+    .arg(base_url);
+    gateway_tests::wrk::run(cmd, seconds).await
 }
 
 /// Same `wrk` load against one API and spread over all `apis` APIs, alternating, `wrk_rounds` each.
