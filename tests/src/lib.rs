@@ -6,8 +6,10 @@ pub mod stats;
 pub mod upstream;
 pub mod wrk;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -20,12 +22,21 @@ pub use upstream::EchoUpstream;
 /// `Authorization` header of the seed's `admin:admin` user.
 pub const ADMIN_AUTH: &str = "Basic YWRtaW46YWRtaW4=";
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
+/// A free TCP port on 127.0.0.1 (bound, then released), never the same twice in one test
+/// process: Envoy listens with `SO_REUSEPORT`, so two gateways of parallel tests handed the same
+/// port would silently share it instead of failing.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let mut seen = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Path of a binary built next to the running test executable (`target/<profile>/<name>`).
@@ -234,17 +245,17 @@ impl Gateway {
             .create(true)
             .append(true)
             .open(self.config.data_dir.join("engine.log"))?;
-        let child = Command::new(sibling_binary("gateway-policy-engine"))
-            .arg("--listen")
+        let mut cmd = Command::new(sibling_binary("gateway-policy-engine"));
+        cmd.arg("--listen")
             .arg(format!("127.0.0.1:{}", self.config.engine_port))
             .arg("--controller")
             .arg(format!("http://127.0.0.1:{}", self.config.policy_port))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting gateway-policy-engine")?;
+            .kill_on_drop(true);
+        gateway_envoy::die_with_parent(&mut cmd);
+        let child = cmd.spawn().context("starting gateway-policy-engine")?;
         self.external_engine = Some(child);
         Ok(())
     }
@@ -274,15 +285,15 @@ impl Gateway {
             .create(true)
             .append(true)
             .open(self.config.data_dir.join("controller.log"))?;
-        let child = Command::new(bin)
-            .arg("--config")
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting gateway-controller")?;
+            .kill_on_drop(true);
+        gateway_envoy::die_with_parent(&mut cmd);
+        let child = cmd.spawn().context("starting gateway-controller")?;
         self.controller = Some(child);
         let c = self.client.clone();
         let health = format!("http://127.0.0.1:{}/health", self.config.mgmt_port);
@@ -446,17 +457,28 @@ impl Gateway {
     /// Waits until `method path` through the router answers `status`.
     pub async fn wait_route(&self, method: Method, path: &str, status: u16) -> Result<()> {
         let what = format!("{method} {path} -> {status}");
+        let last = Mutex::new(String::new());
         eventually(PATIENCE, &what, || {
             let m = method.clone();
+            let last = &last;
             async move {
-                self.route(m, path)
-                    .await
+                let answer = self.route(m, path).await;
+                let seen = match &answer {
+                    Ok((s, body)) => format!("{s} {body}"),
+                    Err(e) => format!("{e:#}"),
+                };
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+                answer
                     .ok()
                     .filter(|(s, _)| s.as_u16() == status)
                     .map(|_| ())
             }
         })
         .await
+        .with_context(|| {
+            let seen = last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            format!("last answer: {seen}\ncontroller log:\n{}", self.log_tail())
+        })
     }
 }
 

@@ -92,6 +92,8 @@ async fn api_keys_at_request_time() -> anyhow::Result<()> {
     let ka = new_key(&gw, "a", json!({"name": "k"})).await?;
     let kb = new_key(&gw, "b", json!({})).await?;
     wait_status(&gw, "/a/x", Some(("X-API-Key", &ka)), 200).await?;
+    // Snapshots apply in order: the last API created routable means all are.
+    wait_status(&gw, "/bearer/x", None, 401).await?;
 
     // Header names match case-insensitively; the key does not reach the upstream.
     let r = get(&gw, "/a/x", Some(("x-api-key", &ka))).await?;
@@ -306,6 +308,7 @@ async fn engine_down_fails_closed_and_controller_down_keeps_enforcing() -> anyho
     let key = new_key(&gw, "f", json!({})).await?;
     let k = Some(("API-Key", key.as_str()));
     wait_status(&gw, "/f/x", k, 200).await?;
+    wait_status(&gw, "/open/x", None, 200).await?;
 
     // Policy engine killed: 5xx, never a 200 without a key; routes without policies still work.
     gw.kill_engine().await?;

@@ -231,6 +231,7 @@ async fn root_context_and_https_upstream_translation() -> anyhow::Result<()> {
     let other = rest_api("other", "/other", &up.url(""), &[("GET", "/x")]);
     assert_eq!(gw.create_api(&other).await?.0, 201);
     gw.wait_route_status("/hello", 200).await?;
+    gw.wait_route_status("/other/x", 200).await?;
     assert_eq!(
         upstream_path(&gw, Method::GET, "/hello").await?,
         (200, Some("/base/hello".into()))
