@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::registry::Registry;
 use crate::store::Store;
+use crate::sync::SyncQueue;
 
 /// How long open management requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -90,11 +91,14 @@ pub async fn run(
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let db_path = data_dir.join("gateway.db");
     let store = Store::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
-    let sync_enabled = !config.controller.controlplane.host.is_empty();
+    let cp = &config.controller.controlplane;
+    // With a control plane configured, changes are tracked as pending even while the sync itself
+    // is switched off (`deployment_sync_enabled = false`).
+    let sync_queue = (!cp.host.is_empty()).then(SyncQueue::new);
     let registry = Arc::new(Registry::open(
         store,
         xds_settings(&config, trusted_ca_file(&config)?),
-        sync_enabled,
+        sync_queue.clone(),
     )?);
 
     let xds_listener = bind(
@@ -138,6 +142,10 @@ pub async fn run(
         let rx = stop_rx.clone();
         async move { policies.serve(policy_listener, stopped(rx)).await }
     });
+    if let (Some(queue), true) = (sync_queue, cp.sync_enabled()) {
+        crate::sync::start(cp, registry.clone(), queue, stop_rx.clone())
+            .context("starting the bottom-up sync")?;
+    }
     let mut children = Vec::new();
     if config.policy_engine.managed {
         let cfg = config.clone();

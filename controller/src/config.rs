@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -185,26 +186,74 @@ impl Default for LoggingConfig {
     }
 }
 
-/// `[controller.controlplane]`, named as in the bottom-up deployment guide.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// `[controller.controlplane]`: the on-prem WSO2 API Manager that APIs deployed here are synced
+/// to. The keys of the bottom-up deployment guide keep their names; the rest are ours.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct ControlPlaneConfig {
-    /// `host:port` of the on-prem API Manager; empty disables sync.
+    /// `host:port` of the API Manager (HTTPS); empty disables sync.
     pub host: String,
-    /// Skip TLS verification of the API Manager.
+    /// Skip TLS verification of the API Manager (its certificate is then not checked at all).
     pub insecure_skip_verify: bool,
-    /// Token sent as `api-key` on the control channel.
+    /// PEM file of extra CA certificates trusted for the API Manager, besides the system roots.
+    pub ca_file: String,
+    /// Gateway registration token, sent as `api-key` on the control channel when set.
     pub token: String,
     /// OAuth2 client id (client credentials grant).
     pub apim_oauth2_client_id: String,
     /// OAuth2 client secret.
     pub apim_oauth2_client_secret: String,
-    /// OAuth2 user name (password grant).
+    /// OAuth2 user name (password grant, used when no client id is set).
     pub apim_oauth2_username: String,
     /// OAuth2 password.
     pub apim_oauth2_password: String,
-    /// Gateway environment name in the API Manager.
+    /// Gateway environment name in the API Manager that synced APIs are deployed to.
     pub gateway_name: String,
+    /// Whether APIs deployed here are synced at all.
+    pub deployment_sync_enabled: bool,
+    /// First wait before reconnecting the control channel; doubles up to `reconnect_max`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_initial: Duration,
+    /// Longest wait between reconnection attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// The control channel is considered dead after this long without any frame.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// Timeout of each HTTP call to the API Manager.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// APIs synced at the same time.
+    pub apim_sync_pool_size: u32,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            insecure_skip_verify: false,
+            ca_file: String::new(),
+            token: String::new(),
+            apim_oauth2_client_id: String::new(),
+            apim_oauth2_client_secret: String::new(),
+            apim_oauth2_username: String::new(),
+            apim_oauth2_password: String::new(),
+            gateway_name: "default".into(),
+            deployment_sync_enabled: true,
+            reconnect_initial: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(300),
+            heartbeat_timeout: Duration::from_secs(35),
+            request_timeout: Duration::from_secs(30),
+            apim_sync_pool_size: 8,
+        }
+    }
+}
+
+impl ControlPlaneConfig {
+    /// Whether APIs are synced to an API Manager.
+    pub fn sync_enabled(&self) -> bool {
+        !self.host.is_empty() && self.deployment_sync_enabled
+    }
 }
 
 /// `[controller.auth]`.
@@ -579,6 +628,43 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
     {
         return bad("router.upstream.timeouts must be positive".into());
     }
+    validate_controlplane(&c.controller.controlplane)
+}
+
+fn validate_controlplane(cp: &ControlPlaneConfig) -> Result<(), ConfigError> {
+    let bad = |m: &str| Err(ConfigError::Invalid(format!("controller.controlplane.{m}")));
+    if cp.host.is_empty() {
+        if !cp.token.is_empty() {
+            return bad("token is set but host is empty");
+        }
+        return Ok(());
+    }
+    if cp.host.contains("://") || cp.host.contains('/') || cp.host.trim() != cp.host {
+        return bad(
+            "host must be host:port of the API Manager (HTTPS is implied), e.g. 192.168.0.102:9443",
+        );
+    }
+    if url::Url::parse(&format!("https://{}/", cp.host)).is_err() {
+        return bad("host is not a valid host:port");
+    }
+    if cp.apim_oauth2_client_id.is_empty() != cp.apim_oauth2_client_secret.is_empty() {
+        return bad("apim_oauth2_client_id and apim_oauth2_client_secret go together");
+    }
+    if cp.apim_oauth2_username.is_empty() != cp.apim_oauth2_password.is_empty() {
+        return bad("apim_oauth2_username and apim_oauth2_password go together");
+    }
+    if cp.gateway_name.trim().is_empty() {
+        return bad("gateway_name must not be empty");
+    }
+    if cp.reconnect_initial.is_zero() || cp.reconnect_initial > cp.reconnect_max {
+        return bad("reconnect_initial must be positive and at most reconnect_max");
+    }
+    if cp.heartbeat_timeout.is_zero() || cp.request_timeout.is_zero() {
+        return bad("heartbeat_timeout and request_timeout must be positive");
+    }
+    if !(1..=256).contains(&cp.apim_sync_pool_size) {
+        return bad("apim_sync_pool_size must be between 1 and 256");
+    }
     Ok(())
 }
 
@@ -667,6 +753,7 @@ roles = ["admin"]
         assert_eq!(cp.apim_oauth2_client_id, "cid");
         assert_eq!(cp.apim_oauth2_client_secret, "secret");
         assert!(!cp.insecure_skip_verify);
+        assert!(cp.sync_enabled());
         assert_eq!(l.config.controller.server.port, 9191);
         assert_eq!(l.config.controller.logging.level, "debug");
         assert!(l.warnings.is_empty(), "{:?}", l.warnings);
@@ -701,6 +788,44 @@ x = 1
         )
         .unwrap();
         assert_eq!(l.warnings.len(), 3, "{:?}", l.warnings);
+    }
+
+    #[test]
+    fn controlplane_durations_and_rules() {
+        let l = load_from(
+            BASE,
+            env(&[
+                ("APIP_GW_CONTROLLER__CONTROLPLANE__HOST", "127.0.0.1:9443"),
+                (
+                    "APIP_GW_CONTROLLER__CONTROLPLANE__RECONNECT_INITIAL",
+                    "250ms",
+                ),
+                (
+                    "APIP_GW_CONTROLLER__CONTROLPLANE__APIM_OAUTH2__CLIENT_SECRET",
+                    "s",
+                ),
+            ]),
+        )
+        .unwrap();
+        let cp = &l.config.controller.controlplane;
+        assert_eq!(cp.reconnect_initial, Duration::from_millis(250));
+        assert_eq!(cp.reconnect_max, Duration::from_secs(300));
+        let ok = "host = \"127.0.0.1:9443\"\napim_oauth2_client_secret = \"s\"\n";
+        assert!(load_from(&BASE.replace("host = \"\"\n", ok), env(&[])).is_ok());
+        for bad in [
+            "token = \"t\"\n",
+            "host = \"https://127.0.0.1:9443\"\n",
+            "host = \"127.0.0.1:9443/x\"\napim_oauth2_client_secret = \"s\"\n",
+            "host = \"127.0.0.1:9443\"\n",
+            "host = \"127.0.0.1:9443\"\napim_oauth2_client_secret = \"s\"\nreconnect_initial = \"10m\"\nreconnect_max = \"1m\"\n",
+            "host = \"127.0.0.1:9443\"\napim_oauth2_client_secret = \"s\"\nreconnect_max = \"soon\"\n",
+        ] {
+            let text = BASE.replace("host = \"\"\n", bad);
+            assert!(
+                load_from(&text, env(&[])).is_err(),
+                "accepted a bad controlplane: {bad}"
+            );
+        }
     }
 
     #[test]

@@ -10,4 +10,5 @@ pub mod model;
 pub mod policy_view;
 pub mod registry;
 pub mod store;
+pub mod sync;
 pub mod validate;

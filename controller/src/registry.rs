@@ -11,7 +11,8 @@ use tracing::{error, warn};
 
 use crate::model::{ApiRequest, DesiredState};
 use crate::policy_view::api_policies;
-use crate::store::{ApiRow, KeyRow, Store, StoreError};
+use crate::store::{ApiRow, KeyRow, Store, StoreError, SyncRecord, UndeployRow};
+use crate::sync::{SyncOutcome, SyncQueue};
 use crate::validate::{ValidApi, validate_rest_api};
 
 /// Kind of the REST API resource.
@@ -144,21 +145,27 @@ fn revalidate(row: &ApiRow) -> Option<ValidApi> {
     validate_rest_api(&req, Some(&row.handle)).ok()
 }
 
+/// Sync status of an API waiting to be synced.
+pub const SYNC_PENDING: &str = "pending";
+const SYNC_SUCCESS: &str = "success";
+const SYNC_FAILED: &str = "failed";
+
 /// The API registry.
 pub struct Registry {
     state: Mutex<State>,
     xds: Xds,
     policies: Distributor,
-    sync_enabled: bool,
+    sync: Option<SyncQueue>,
 }
 
 impl Registry {
     /// Loads every stored API, starts the router translation with the deployed ones, and returns
-    /// the registry. `sync_enabled` says whether a control plane is configured.
+    /// the registry. `sync` is the queue of the API Manager sync when a control plane is
+    /// configured: changes then mark APIs `pending` and queue them.
     pub fn open(
         store: Store,
         settings: XdsSettings,
-        sync_enabled: bool,
+        sync: Option<SyncQueue>,
     ) -> Result<Self, RegistryError> {
         let mut state = State {
             store,
@@ -186,7 +193,7 @@ impl Registry {
             state: Mutex::new(state),
             xds,
             policies: Distributor::new(),
-            sync_enabled,
+            sync,
         };
         {
             let st = registry.lock()?;
@@ -271,8 +278,10 @@ impl Registry {
             created_at: ts.clone(),
             updated_at: ts.clone(),
             deployed_at: (v.state == DesiredState::Deployed).then_some(ts),
-            cp_sync_status: self.sync_enabled.then(|| "pending".to_string()),
+            cp_sync_status: self.sync.is_some().then(|| SYNC_PENDING.to_string()),
             cp_sync_error: None,
+            cp_artifact_id: None,
+            cp_revision: None,
         };
         st.store.insert(&row)?;
         let entry = Arc::new(ApiEntry {
@@ -282,7 +291,14 @@ impl Registry {
         st.index(&entry);
         st.apis.insert(entry.row.handle.clone(), entry.clone());
         self.publish(&st, &entry);
+        self.queue_sync(&entry.row.handle);
         Ok(entry)
+    }
+
+    fn queue_sync(&self, handle: &str) {
+        if let Some(q) = &self.sync {
+            q.push(handle);
+        }
     }
 
     /// Replaces the definition of API `id` (which `v` already names).
@@ -302,7 +318,7 @@ impl Registry {
             definition,
             updated_at: ts.clone(),
             deployed_at: deployed.then(|| ts.clone()),
-            cp_sync_status: self.sync_enabled.then(|| "pending".to_string()),
+            cp_sync_status: self.sync.is_some().then(|| SYNC_PENDING.to_string()),
             cp_sync_error: None,
             ..old.row.clone()
         };
@@ -315,6 +331,7 @@ impl Registry {
         st.index(&entry);
         st.apis.insert(entry.row.handle.clone(), entry.clone());
         self.publish(&st, &entry);
+        self.queue_sync(&entry.row.handle);
         Ok(entry)
     }
 
@@ -324,14 +341,117 @@ impl Registry {
         let old = st.apis.get(id).cloned().ok_or_else(|| {
             RegistryError::NotFound(format!("RestAPI with handle '{id}' not found"))
         })?;
-        if !st.store.delete(&old.row.uuid)? {
+        if !st.store.delete(&old.row.uuid, &now())? {
             warn!(api = id, "row already gone from the database");
         }
         st.unindex(&old);
         st.apis.remove(id);
         self.xds.remove(id);
         self.policies.remove(id);
+        if let (Some(q), Some(_)) = (&self.sync, &old.row.cp_revision) {
+            q.push_undeploys();
+        }
         Ok(())
+    }
+
+    /// Handles of the APIs to sync to the API Manager (`pending` or `failed`), oldest first.
+    pub fn sync_candidates(&self) -> Result<Vec<String>, RegistryError> {
+        let st = self.lock()?;
+        let mut due: Vec<&ApiRow> = st
+            .apis
+            .values()
+            .map(|e| &e.row)
+            .filter(|r| {
+                r.origin == ORIGIN_GATEWAY
+                    && matches!(
+                        r.cp_sync_status.as_deref(),
+                        Some(SYNC_PENDING | SYNC_FAILED)
+                    )
+            })
+            .collect();
+        due.sort_by(|a, b| (&a.created_at, &a.uuid).cmp(&(&b.created_at, &b.uuid)));
+        Ok(due.into_iter().map(|r| r.handle.clone()).collect())
+    }
+
+    /// API `handle` if it is due for a sync. The entry returned is the version being synced:
+    /// hand it back to [`Registry::record_sync`].
+    pub fn sync_entry(&self, handle: &str) -> Result<Option<Arc<ApiEntry>>, RegistryError> {
+        Ok(self.lock()?.apis.get(handle).cloned().filter(|e| {
+            e.row.origin == ORIGIN_GATEWAY
+                && matches!(
+                    e.row.cp_sync_status.as_deref(),
+                    Some(SYNC_PENDING | SYNC_FAILED)
+                )
+        }))
+    }
+
+    /// Writes the outcome of syncing `synced`. What the API Manager now holds is always
+    /// recorded; the status only if the API has not changed since (a change queued it again).
+    /// An import that raced with a delete queues the new revision for undeployment.
+    pub fn record_sync(
+        &self,
+        synced: &Arc<ApiEntry>,
+        outcome: &SyncOutcome,
+    ) -> Result<(), RegistryError> {
+        let st = &mut *self.lock()?;
+        let handle = &synced.row.handle;
+        let Some(current) = st
+            .apis
+            .get(handle)
+            .filter(|e| e.row.uuid == synced.row.uuid)
+            .cloned()
+        else {
+            if let SyncOutcome::Imported { id, revision } = outcome {
+                st.store.add_undeploy(handle, id, revision, &now())?;
+                if let Some(q) = &self.sync {
+                    q.push_undeploys();
+                }
+            }
+            return Ok(());
+        };
+        let unchanged = Arc::ptr_eq(&current, synced);
+        let mut row = current.row.clone();
+        let status = match outcome {
+            SyncOutcome::Imported { id, revision } => {
+                row.cp_artifact_id = Some(id.clone());
+                row.cp_revision = Some(revision.clone());
+                (SYNC_SUCCESS, None)
+            }
+            SyncOutcome::Undeployed => {
+                row.cp_revision = None;
+                (SYNC_SUCCESS, None)
+            }
+            SyncOutcome::Failed(error) => (SYNC_FAILED, Some(error.clone())),
+        };
+        let status = unchanged.then(|| (status.0.to_string(), status.1));
+        if let Some((s, e)) = &status {
+            row.cp_sync_status = Some(s.clone());
+            row.cp_sync_error = e.clone();
+        }
+        st.store.record_sync(
+            &row.uuid,
+            &SyncRecord {
+                status,
+                artifact_id: row.cp_artifact_id.clone(),
+                revision: row.cp_revision.clone(),
+            },
+        )?;
+        let entry = Arc::new(ApiEntry {
+            row,
+            valid: current.valid.clone(),
+        });
+        st.apis.insert(handle.clone(), entry);
+        Ok(())
+    }
+
+    /// API Manager revisions of deleted APIs still to undeploy.
+    pub fn pending_undeploys(&self) -> Result<Vec<UndeployRow>, RegistryError> {
+        Ok(self.lock()?.store.undeploys()?)
+    }
+
+    /// Forgets an undeployment once handled.
+    pub fn finish_undeploy(&self, seq: i64) -> Result<(), RegistryError> {
+        Ok(self.lock()?.store.remove_undeploy(seq)?)
     }
 
     /// One API by id.
@@ -481,5 +601,122 @@ impl Registry {
         let mut all: Vec<Arc<ApiEntry>> = self.lock()?.apis.values().cloned().collect();
         all.sort_by(|a, b| b.row.uuid.cmp(&a.row.uuid));
         Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn valid(name: &str, url: &str) -> (ValidApi, String) {
+        let doc = json!({
+            "apiVersion": "gateway.api-platform.wso2.com/v1alpha1",
+            "kind": "RestApi",
+            "metadata": {"name": name},
+            "spec": {
+                "displayName": name, "version": "v1", "context": format!("/{name}"),
+                "upstream": {"main": {"url": url}},
+                "operations": [{"method": "GET", "path": "/x"}]
+            }
+        });
+        let req: ApiRequest = serde_json::from_value(doc.clone()).unwrap();
+        (validate_rest_api(&req, None).unwrap(), doc.to_string())
+    }
+
+    fn registry(queue: &SyncQueue) -> Registry {
+        let store = Store::in_memory().unwrap();
+        Registry::open(store, XdsSettings::default(), Some(queue.clone())).unwrap()
+    }
+
+    fn imported(id: &str, rev: &str) -> SyncOutcome {
+        SyncOutcome::Imported {
+            id: id.into(),
+            revision: rev.into(),
+        }
+    }
+
+    #[test]
+    fn changes_queue_pending_apis_and_outcomes_are_recorded() {
+        let q = SyncQueue::new();
+        let r = registry(&q);
+        let (v, d) = valid("a", "http://127.0.0.1:1");
+        r.create(v, d).unwrap();
+        assert_eq!(r.sync_candidates().unwrap(), vec!["a".to_string()]);
+        let synced = r.sync_entry("a").unwrap().unwrap();
+        assert_eq!(synced.row.cp_sync_status.as_deref(), Some(SYNC_PENDING));
+        r.record_sync(&synced, &imported("apim-a", "rev-1"))
+            .unwrap();
+        let now = r.get("a").unwrap();
+        assert_eq!(now.row.cp_sync_status.as_deref(), Some("success"));
+        assert_eq!(now.row.cp_artifact_id.as_deref(), Some("apim-a"));
+        assert!(r.sync_entry("a").unwrap().is_none(), "nothing left to do");
+        assert!(r.sync_candidates().unwrap().is_empty());
+
+        // A failure keeps the known APIM id.
+        let (v, d) = valid("a", "http://127.0.0.1:2");
+        r.update(v, d).unwrap();
+        let synced = r.sync_entry("a").unwrap().unwrap();
+        r.record_sync(&synced, &SyncOutcome::Failed("503".into()))
+            .unwrap();
+        let now = r.get("a").unwrap();
+        assert_eq!(now.row.cp_sync_status.as_deref(), Some("failed"));
+        assert_eq!(now.row.cp_sync_error.as_deref(), Some("503"));
+        assert_eq!(now.row.cp_artifact_id.as_deref(), Some("apim-a"));
+        assert_eq!(
+            r.sync_candidates().unwrap(),
+            vec!["a".to_string()],
+            "failed APIs are retried"
+        );
+    }
+
+    #[test]
+    fn an_outcome_for_an_older_version_keeps_the_api_pending() {
+        let q = SyncQueue::new();
+        let r = registry(&q);
+        let (v, d) = valid("a", "http://127.0.0.1:1");
+        r.create(v, d).unwrap();
+        let synced = r.sync_entry("a").unwrap().unwrap();
+        let (v, d) = valid("a", "http://127.0.0.1:2");
+        r.update(v, d).unwrap();
+        r.record_sync(&synced, &imported("apim-a", "rev-1"))
+            .unwrap();
+        let now = r.get("a").unwrap();
+        assert_eq!(now.row.cp_sync_status.as_deref(), Some(SYNC_PENDING));
+        assert_eq!(
+            now.row.cp_artifact_id.as_deref(),
+            Some("apim-a"),
+            "what APIM holds is recorded anyway"
+        );
+    }
+
+    #[test]
+    fn deleting_a_synced_api_queues_its_undeployment() {
+        let q = SyncQueue::new();
+        let r = registry(&q);
+        for name in ["a", "b"] {
+            let (v, d) = valid(name, "http://127.0.0.1:1");
+            r.create(v, d).unwrap();
+        }
+        let a = r.sync_entry("a").unwrap().unwrap();
+        r.record_sync(&a, &imported("apim-a", "rev-1")).unwrap();
+        let b = r.sync_entry("b").unwrap().unwrap();
+        r.delete("a").unwrap();
+        // b's import finished after b was deleted: its new revision must be undeployed too.
+        r.delete("b").unwrap();
+        r.record_sync(&b, &imported("apim-b", "rev-2")).unwrap();
+        let undeploys: Vec<(String, String)> = r
+            .pending_undeploys()
+            .unwrap()
+            .into_iter()
+            .map(|u| (u.artifact_id, u.revision))
+            .collect();
+        assert_eq!(
+            undeploys,
+            vec![
+                ("apim-a".into(), "rev-1".into()),
+                ("apim-b".into(), "rev-2".into())
+            ]
+        );
     }
 }

@@ -60,6 +60,15 @@ CREATE TABLE api_keys (
 );
 CREATE INDEX api_keys_by_api ON api_keys (api_uuid);
 "#,
+    r#"
+CREATE TABLE cp_undeploys (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    api_handle  TEXT NOT NULL,
+    artifact_id TEXT NOT NULL,
+    revision    TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+"#,
 ];
 
 /// One stored API.
@@ -93,6 +102,35 @@ pub struct ApiRow {
     pub cp_sync_status: Option<String>,
     /// Why the last sync failed.
     pub cp_sync_error: Option<String>,
+    /// The API Manager's id of this API, once imported (never erased by a failure).
+    pub cp_artifact_id: Option<String>,
+    /// The API Manager revision deployed for this API, none while not deployed there.
+    pub cp_revision: Option<String>,
+}
+
+/// An API Manager revision still to undeploy because its API was deleted here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndeployRow {
+    /// Queue position.
+    pub seq: i64,
+    /// Handle the deleted API had.
+    pub api_handle: String,
+    /// The API Manager's id of the API.
+    pub artifact_id: String,
+    /// The deployed revision.
+    pub revision: String,
+}
+
+/// The outcome of one sync to write back: status and error when the API did not change
+/// meanwhile, and what the API Manager now holds in any case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRecord {
+    /// New `cp_sync_status` and `cp_sync_error`; `None` leaves both as they are.
+    pub status: Option<(String, Option<String>)>,
+    /// The API Manager's id.
+    pub artifact_id: Option<String>,
+    /// The deployed revision.
+    pub revision: Option<String>,
 }
 
 /// One stored API key (its hash, never its value).
@@ -142,7 +180,7 @@ fn key_from_row(r: &Row<'_>) -> rusqlite::Result<KeyRow> {
 }
 
 const COLUMNS: &str = "uuid, kind, handle, display_name, version, context, desired_state, origin, definition, \
-                       created_at, updated_at, deployed_at, cp_sync_status, cp_sync_error";
+                       created_at, updated_at, deployed_at, cp_sync_status, cp_sync_error, cp_artifact_id, cp_revision";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<ApiRow> {
     Ok(ApiRow {
@@ -160,6 +198,8 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ApiRow> {
         deployed_at: r.get(11)?,
         cp_sync_status: r.get(12)?,
         cp_sync_error: r.get(13)?,
+        cp_artifact_id: r.get(14)?,
+        cp_revision: r.get(15)?,
     })
 }
 
@@ -217,10 +257,11 @@ impl Store {
     pub fn insert(&mut self, a: &ApiRow) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            &format!("INSERT INTO apis ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+            &format!("INSERT INTO apis ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
             params![
                 a.uuid, a.kind, a.handle, a.display_name, a.version, a.context, a.desired_state, a.origin,
-                a.definition, a.created_at, a.updated_at, a.deployed_at, a.cp_sync_status, a.cp_sync_error
+                a.definition, a.created_at, a.updated_at, a.deployed_at, a.cp_sync_status, a.cp_sync_error,
+                a.cp_artifact_id, a.cp_revision
             ],
         )?;
         tx.commit()?;
@@ -243,12 +284,76 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes an API by uuid; true when a row was removed.
-    pub fn delete(&mut self, uuid: &str) -> Result<bool, StoreError> {
+    /// Deletes an API by uuid; true when a row was removed. A revision it has deployed in the API
+    /// Manager is queued for undeployment in the same transaction.
+    pub fn delete(&mut self, uuid: &str, now: &str) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO cp_undeploys (api_handle, artifact_id, revision, created_at) \
+             SELECT handle, cp_artifact_id, cp_revision, ?2 FROM apis \
+             WHERE uuid = ?1 AND cp_artifact_id IS NOT NULL AND cp_revision IS NOT NULL",
+            params![uuid, now],
+        )?;
         let n = tx.execute("DELETE FROM apis WHERE uuid = ?1", params![uuid])?;
         tx.commit()?;
         Ok(n > 0)
+    }
+
+    /// Writes the outcome of a sync of API `uuid`.
+    pub fn record_sync(&mut self, uuid: &str, r: &SyncRecord) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE apis SET cp_artifact_id = ?2, cp_revision = ?3 WHERE uuid = ?1",
+            params![uuid, r.artifact_id, r.revision],
+        )?;
+        if let Some((status, error)) = &r.status {
+            tx.execute(
+                "UPDATE apis SET cp_sync_status = ?2, cp_sync_error = ?3 WHERE uuid = ?1",
+                params![uuid, status, error],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Queues an API Manager revision for undeployment.
+    pub fn add_undeploy(
+        &mut self,
+        api_handle: &str,
+        artifact_id: &str,
+        revision: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO cp_undeploys (api_handle, artifact_id, revision, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![api_handle, artifact_id, revision, now],
+        )?;
+        Ok(())
+    }
+
+    /// Revisions still to undeploy, oldest first.
+    pub fn undeploys(&self) -> Result<Vec<UndeployRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, api_handle, artifact_id, revision FROM cp_undeploys ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(UndeployRow {
+                    seq: r.get(0)?,
+                    api_handle: r.get(1)?,
+                    artifact_id: r.get(2)?,
+                    revision: r.get(3)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Drops a handled undeployment.
+    pub fn remove_undeploy(&mut self, seq: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM cp_undeploys WHERE seq = ?1", params![seq])?;
+        Ok(())
     }
 
     /// One API by kind and handle.
@@ -353,6 +458,8 @@ mod tests {
             deployed_at: Some("2026-01-01T00:00:00Z".into()),
             cp_sync_status: None,
             cp_sync_error: None,
+            cp_artifact_id: None,
+            cp_revision: None,
         }
     }
 
@@ -371,9 +478,52 @@ mod tests {
         a.deployed_at = None;
         s.update(&a).unwrap();
         assert_eq!(s.get("RestApi", "a").unwrap().unwrap(), a);
-        assert!(s.delete("1").unwrap());
-        assert!(!s.delete("1").unwrap());
+        assert!(s.delete("1", "now").unwrap());
+        assert!(!s.delete("1", "now").unwrap());
         assert_eq!(s.all().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn sync_records_and_undeploys_of_deleted_apis() {
+        let mut s = Store::in_memory().unwrap();
+        s.insert(&row("1", "a")).unwrap();
+        s.insert(&row("2", "b")).unwrap();
+        let synced = SyncRecord {
+            status: Some(("success".into(), None)),
+            artifact_id: Some("apim-1".into()),
+            revision: Some("rev-1".into()),
+        };
+        s.record_sync("1", &synced).unwrap();
+        let a = s.get("RestApi", "a").unwrap().unwrap();
+        assert_eq!(a.cp_sync_status.as_deref(), Some("success"));
+        assert_eq!(a.cp_artifact_id.as_deref(), Some("apim-1"));
+        // A record without status keeps status and error.
+        let ids_only = SyncRecord {
+            status: None,
+            artifact_id: Some("apim-1".into()),
+            revision: None,
+        };
+        s.record_sync("1", &ids_only).unwrap();
+        let a = s.get("RestApi", "a").unwrap().unwrap();
+        assert_eq!(a.cp_sync_status.as_deref(), Some("success"));
+        assert_eq!(a.cp_revision, None);
+        s.record_sync("1", &synced).unwrap();
+        // Deleting a synced API queues its revision; a never-synced one queues nothing.
+        s.delete("1", "t").unwrap();
+        s.delete("2", "t").unwrap();
+        let u = s.undeploys().unwrap();
+        assert_eq!(u.len(), 1);
+        assert_eq!(
+            (
+                u[0].api_handle.as_str(),
+                u[0].artifact_id.as_str(),
+                u[0].revision.as_str()
+            ),
+            ("a", "apim-1", "rev-1")
+        );
+        s.add_undeploy("c", "apim-3", "rev-3", "t").unwrap();
+        s.remove_undeploy(u[0].seq).unwrap();
+        assert_eq!(s.undeploys().unwrap()[0].artifact_id, "apim-3");
     }
 
     fn key(uuid: &str, api: &str, name: &str) -> KeyRow {
@@ -412,7 +562,7 @@ mod tests {
         s.update_key(&k).unwrap();
         assert!(!s.key_hash_exists("hash-k1").unwrap());
         assert!(s.delete_key("k2").unwrap());
-        s.delete("1").unwrap();
+        s.delete("1", "now").unwrap();
         assert!(
             s.keys_of("1").unwrap().is_empty(),
             "deleting the API deletes its keys"

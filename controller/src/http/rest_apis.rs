@@ -63,6 +63,12 @@ pub fn render(e: &ApiEntry) -> Value {
         if let Some(err) = &r.cp_sync_error {
             obj.insert("cpSyncError".into(), json!(err));
         }
+        if let Some(id) = &r.cp_artifact_id {
+            obj.insert("cpArtifactId".into(), json!(id));
+        }
+        if let Some(rev) = &r.cp_revision {
+            obj.insert("cpRevisionId".into(), json!(rev));
+        }
         obj.insert("createdAt".into(), json!(r.created_at));
     }
     v

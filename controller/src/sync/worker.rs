@@ -1,0 +1,270 @@
+//! The sync workers: while the control channel is up, take APIs off the queue and import or
+//! undeploy them in the API Manager, at most `pool_size` at a time, each with up to three
+//! attempts and backoff; and undeploy revisions of deleted APIs. Registry calls run on the
+//! blocking pool and never while waiting on the API Manager.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use super::apim::{ApimClient, ApimError};
+use super::artifact;
+use super::queue::SyncQueue;
+use super::{SyncOutcome, channel};
+use crate::registry::{Registry, RegistryError};
+
+/// Attempts per sync before the API is marked failed.
+const ATTEMPTS: u32 = 3;
+/// Wait before the second attempt; doubles for the next.
+const RETRY_BASE: Duration = Duration::from_millis(500);
+
+/// The worker pool and what it works with.
+pub struct Workers {
+    /// Where APIs are read and outcomes recorded.
+    pub registry: Arc<Registry>,
+    /// The API Manager.
+    pub client: Arc<ApimClient>,
+    /// APIs waiting for a sync.
+    pub queue: SyncQueue,
+    /// API Manager environment of this gateway.
+    pub gateway_name: String,
+    /// Syncs running at once.
+    pub pool_size: usize,
+}
+
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, RegistryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or(Err(RegistryError::Poisoned))
+}
+
+impl Workers {
+    /// Dispatches syncs until `stop` turns true.
+    pub async fn run(self, mut connected: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(this.pool_size));
+        let mut undeployer: Option<JoinHandle<()>> = None;
+        let mut was_connected = false;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let up = *connected.borrow_and_update();
+            if !up {
+                was_connected = false;
+                tokio::select! {
+                    r = connected.changed() => if r.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                continue;
+            }
+            if !was_connected {
+                was_connected = true;
+                this.start_bottom_up_sync().await;
+            }
+            if undeployer.as_ref().is_none_or(JoinHandle::is_finished)
+                && this.queue.take_undeploys()
+            {
+                undeployer = Some(tokio::spawn(this.clone().undeploy_deleted()));
+            }
+            let Some(handle) = this.queue.pop() else {
+                tokio::select! {
+                    _ = this.queue.pushed() => {}
+                    r = connected.changed() => if r.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                continue;
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let worker = this.clone();
+            tokio::spawn(async move {
+                worker.sync_api(&handle).await;
+                worker.queue.done(&handle);
+                drop(permit);
+            });
+        }
+    }
+
+    /// On every (re)connection: queue every API still pending or failed, and the undeployments
+    /// left over.
+    async fn start_bottom_up_sync(&self) {
+        let registry = self.registry.clone();
+        match off_runtime(move || registry.sync_candidates()).await {
+            Ok(due) => {
+                info!(apis = due.len(), "Bottom-up sync: starting");
+                for handle in &due {
+                    self.queue.push(handle);
+                }
+            }
+            Err(e) => error!(error = %e, "Bottom-up sync: cannot list APIs to sync"),
+        }
+        self.queue.push_undeploys();
+    }
+
+    /// Runs `op` up to [`ATTEMPTS`] times while it fails transiently, with backoff.
+    async fn attempts<T, F, Fut>(&self, what: &str, api: &str, mut op: F) -> Result<T, ApimError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ApimError>>,
+    {
+        let mut delay = RETRY_BASE;
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    warn!(api, attempt, error = %e, "APIM {what} attempt failed");
+                    if e.token_refused() {
+                        self.client.forget_token().await;
+                    }
+                    if attempt == ATTEMPTS || !e.transient() {
+                        return Err(e);
+                    }
+                }
+            }
+            tokio::time::sleep(channel::jittered(delay)).await;
+            delay *= 2;
+            attempt += 1;
+        }
+    }
+
+    /// Syncs one API if it is still due, and records the outcome.
+    async fn sync_api(&self, handle: &str) {
+        let registry = self.registry.clone();
+        let h = handle.to_string();
+        let entry = match off_runtime(move || registry.sync_entry(&h)).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return,
+            Err(e) => {
+                error!(api = handle, error = %e, "cannot read the API to sync");
+                return;
+            }
+        };
+        let started = Instant::now();
+        let row = &entry.row;
+        let outcome = if row.desired_state == "deployed" {
+            match artifact::export(row, &self.gateway_name) {
+                Err(e) => SyncOutcome::Failed(e.to_string()),
+                Ok(a) => match self
+                    .attempts("import", handle, || self.client.import(&a))
+                    .await
+                {
+                    Ok(i) => SyncOutcome::Imported {
+                        id: i.id,
+                        revision: i.revision,
+                    },
+                    Err(e) => SyncOutcome::Failed(e.to_string()),
+                },
+            }
+        } else if let (Some(id), Some(revision)) = (&row.cp_artifact_id, &row.cp_revision) {
+            match self
+                .attempts("undeploy-revision", handle, || {
+                    self.client.undeploy(id, revision)
+                })
+                .await
+            {
+                Ok(()) => SyncOutcome::Undeployed,
+                Err(ApimError::Status { status: 404, .. }) => {
+                    warn!(
+                        api = handle,
+                        apim_id = id,
+                        revision,
+                        "revision already gone from APIM"
+                    );
+                    SyncOutcome::Undeployed
+                }
+                Err(e) => SyncOutcome::Failed(e.to_string()),
+            }
+        } else {
+            SyncOutcome::Undeployed
+        };
+        let took_ms = started.elapsed().as_millis() as u64;
+        match &outcome {
+            SyncOutcome::Imported { id, revision } => {
+                info!(
+                    api = handle,
+                    apim_id = id,
+                    revision,
+                    took_ms,
+                    "Bottom-up sync: API imported and deployed in APIM"
+                )
+            }
+            SyncOutcome::Undeployed => {
+                info!(
+                    api = handle,
+                    took_ms, "Bottom-up sync: API undeployed in APIM"
+                )
+            }
+            SyncOutcome::Failed(e) => {
+                warn!(
+                    api = handle,
+                    error = e,
+                    took_ms,
+                    "Bottom-up sync: API sync failed"
+                )
+            }
+        }
+        let registry = self.registry.clone();
+        if let Err(e) = off_runtime(move || registry.record_sync(&entry, &outcome)).await {
+            error!(api = handle, error = %e, "cannot record the sync outcome");
+        }
+    }
+
+    /// Undeploys the revisions of deleted APIs; keeps those APIM could not be reached for.
+    async fn undeploy_deleted(self: Arc<Self>) {
+        loop {
+            let registry = self.registry.clone();
+            let rows = match off_runtime(move || registry.pending_undeploys()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    error!(error = %e, "cannot list APIM revisions to undeploy");
+                    break;
+                }
+            };
+            for u in rows {
+                let result = self
+                    .attempts("undeploy-revision", &u.api_handle, || {
+                        self.client.undeploy(&u.artifact_id, &u.revision)
+                    })
+                    .await;
+                let handled = match result {
+                    Ok(()) => {
+                        info!(
+                            api = u.api_handle,
+                            apim_id = u.artifact_id,
+                            revision = u.revision,
+                            "deleted API undeployed in APIM"
+                        );
+                        true
+                    }
+                    Err(e) if !e.transient() => {
+                        warn!(api = u.api_handle, apim_id = u.artifact_id, error = %e, "APIM refused to undeploy a deleted API's revision; dropped");
+                        true
+                    }
+                    Err(e) => {
+                        warn!(api = u.api_handle, apim_id = u.artifact_id, error = %e, "cannot undeploy a deleted API's revision yet; retried on the next connection");
+                        false
+                    }
+                };
+                if handled {
+                    let registry = self.registry.clone();
+                    if let Err(e) = off_runtime(move || registry.finish_undeploy(u.seq)).await {
+                        error!(error = %e, "cannot record an undeployment");
+                    }
+                }
+            }
+            if !self.queue.take_undeploys() {
+                break;
+            }
+        }
+        self.queue.nudge();
+    }
+}
