@@ -2,6 +2,7 @@
 //! loopback ports with its own data directory, a local echo upstream, and HTTP helpers that speak
 //! to both the management API and the router as a user would.
 
+pub mod fake_apim;
 pub mod stats;
 pub mod upstream;
 pub mod wrk;
