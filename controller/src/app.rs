@@ -143,8 +143,11 @@ pub async fn run(
         async move { policies.serve(policy_listener, stopped(rx)).await }
     });
     if let (Some(queue), true) = (sync_queue, cp.sync_enabled()) {
-        crate::sync::start(cp, registry.clone(), queue, stop_rx.clone())
-            .context("starting the bottom-up sync")?;
+        // The gateway serves whatever the API Manager side does: a sync that cannot start is
+        // reported, and APIs stay pending.
+        if let Err(e) = crate::sync::start(cp, registry.clone(), queue, stop_rx.clone()) {
+            error!(error = %e, "bottom-up sync disabled: APIs stay pending until this is fixed and the controller restarted");
+        }
     }
     let mut children = Vec::new();
     if config.policy_engine.managed {

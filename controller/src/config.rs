@@ -659,8 +659,15 @@ fn validate_controlplane(cp: &ControlPlaneConfig) -> Result<(), ConfigError> {
     if cp.reconnect_initial.is_zero() || cp.reconnect_initial > cp.reconnect_max {
         return bad("reconnect_initial must be positive and at most reconnect_max");
     }
-    if cp.heartbeat_timeout.is_zero() || cp.request_timeout.is_zero() {
-        return bad("heartbeat_timeout and request_timeout must be positive");
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    if cp.reconnect_max > DAY || cp.heartbeat_timeout > DAY || cp.request_timeout > DAY {
+        return bad("reconnect_max, heartbeat_timeout and request_timeout must be at most 24h");
+    }
+    if cp.heartbeat_timeout < Duration::from_secs(3) {
+        return bad("heartbeat_timeout must be at least 3s");
+    }
+    if cp.request_timeout < Duration::from_millis(100) {
+        return bad("request_timeout must be at least 100ms");
     }
     if !(1..=256).contains(&cp.apim_sync_pool_size) {
         return bad("apim_sync_pool_size must be between 1 and 256");
@@ -819,6 +826,8 @@ x = 1
             "host = \"127.0.0.1:9443\"\n",
             "host = \"127.0.0.1:9443\"\napim_oauth2_client_secret = \"s\"\nreconnect_initial = \"10m\"\nreconnect_max = \"1m\"\n",
             "host = \"127.0.0.1:9443\"\napim_oauth2_client_secret = \"s\"\nreconnect_max = \"soon\"\n",
+            "host = \"127.0.0.1:9443\"\napim_oauth2_client_secret = \"s\"\nheartbeat_timeout = \"2ns\"\n",
+            "host = \"127.0.0.1:9443\"\napim_oauth2_client_secret = \"s\"\nreconnect_max = \"1000d\"\n",
         ] {
             let text = BASE.replace("host = \"\"\n", bad);
             assert!(

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use gateway_policy_engine::distribution::Distributor;
 use gateway_xds::{Xds, XdsError, XdsSettings};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::model::{ApiRequest, DesiredState};
 use crate::policy_view::api_policies;
@@ -172,6 +172,15 @@ impl Registry {
             apis: HashMap::new(),
             routes: HashMap::new(),
         };
+        if sync.is_some() {
+            let n = state.store.mark_untracked_pending(ORIGIN_GATEWAY)?;
+            if n > 0 {
+                info!(
+                    apis = n,
+                    "APIs deployed before the control plane was configured are now pending sync"
+                );
+            }
+        }
         let mut initial = Vec::new();
         for row in state.store.all()? {
             let valid = revalidate(&row);

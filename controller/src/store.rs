@@ -299,6 +299,15 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Marks every API of `origin` that was never tracked for sync (deployed before a control
+    /// plane was configured) as pending; returns how many.
+    pub fn mark_untracked_pending(&mut self, origin: &str) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE apis SET cp_sync_status = 'pending' WHERE cp_sync_status IS NULL AND origin = ?1",
+            params![origin],
+        )?)
+    }
+
     /// Writes the outcome of a sync of API `uuid`.
     pub fn record_sync(&mut self, uuid: &str, r: &SyncRecord) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;

@@ -326,10 +326,14 @@ impl Gateway {
         Ok(())
     }
 
+    /// The whole controller log so far (across restarts).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.config.data_dir.join("controller.log")).unwrap_or_default()
+    }
+
     /// The last lines of the controller log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.config.data_dir.join("controller.log"))
-            .unwrap_or_default();
+        let text = self.log_text();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }

@@ -72,6 +72,14 @@ async fn wait_sync(gw: &Gateway, name: &str, status: &str) -> anyhow::Result<Val
     })
 }
 
+/// Waits until the controller has logged its `n`-th connection to the control plane.
+async fn wait_connected(gw: &Gateway, n: usize) -> anyhow::Result<()> {
+    eventually(SYNC_PATIENCE, "connected to the control plane", || async {
+        (gw.log_text().matches("Connected to control plane").count() >= n).then_some(())
+    })
+    .await
+}
+
 fn count_calls(apim: &FakeApim, method: &str, path_prefix: &str) -> usize {
     apim.calls()
         .iter()
@@ -223,7 +231,7 @@ async fn apim_down_at_start_keeps_apis_pending_across_a_crash_then_syncs_them() 
     // Serving without APIM, and still pending after the gateway has failed to reach it.
     gw.wait_route_status("/down2/x", 200).await?;
     eventually(SYNC_PATIENCE, "a failed detection in the log", || async {
-        gw.log_tail()
+        gw.log_text()
             .contains("Failed to resolve gateway path")
             .then_some(())
     })
@@ -241,7 +249,9 @@ async fn apim_down_at_start_keeps_apis_pending_across_a_crash_then_syncs_them() 
         wait_sync(&gw, &format!("down{i}"), "success").await?;
     }
     assert_eq!(apim.apis().len(), 3);
-    assert!(gw.log_tail().contains("Connected to control plane") || apim.ws_connects() >= 1);
+    let log = gw.log_text();
+    assert!(log.contains("Connected to control plane"), "{log}");
+    assert!(log.contains("Bottom-up sync: starting"), "{log}");
     Ok(())
 }
 
@@ -254,10 +264,7 @@ async fn apim_failures_mark_failed_with_the_error_and_a_put_retries() -> anyhow:
         controlplane(&apim.host(), Some(apim.ca_file()), CLIENT_CREDENTIALS),
     )
     .await?;
-    eventually(SYNC_PATIENCE, "control channel up", || async {
-        (apim.ws_open() >= 1).then_some(())
-    })
-    .await?;
+    wait_connected(&gw, 1).await?;
 
     // 503 on every attempt: failed after exactly three, with APIM's answer as the error; the
     // API serves traffic throughout.
@@ -354,7 +361,7 @@ async fn bad_credentials_and_untrusted_certificates_fail_clearly() -> anyhow::Re
         201
     );
     eventually(SYNC_PATIENCE, "a TLS failure in the log", || async {
-        gw.log_tail()
+        gw.log_text()
             .contains("Failed to resolve gateway path")
             .then_some(())
     })
@@ -422,6 +429,46 @@ async fn a_burst_of_apis_all_sync_and_a_stalled_apim_blocks_nothing() -> anyhow:
     apim.set_mode(Mode::Normal);
     for i in 0..10 {
         wait_sync(&gw, &format!("stall{i}"), "success").await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnection_while_every_worker_is_busy_still_retries_failed_apis() -> anyhow::Result<()>
+{
+    let up = EchoUpstream::start().await?;
+    let apim = FakeApim::start(FakeApimConfig::default()).await?;
+    let mut toml = controlplane(&apim.host(), Some(apim.ca_file()), CLIENT_CREDENTIALS);
+    toml.push_str("apim_sync_pool_size = 1\n");
+    let gw = gateway("apim-busy", toml).await?;
+    wait_connected(&gw, 1).await?;
+    apim.set_mode(Mode::Unavailable);
+    let failing = api("failing", &up.url(""), &[("GET", "/x")]);
+    assert_eq!(gw.create_api(&failing).await?.0, 201);
+    wait_sync(&gw, "failing", "failed").await?;
+
+    // The only worker is stuck on a slow import and another API waits for it when the control
+    // channel drops and comes back.
+    apim.set_mode(Mode::Slow(Duration::from_secs(3)));
+    let imports = count_calls(&apim, "POST", IMPORT);
+    for name in ["slow1", "slow2"] {
+        assert_eq!(
+            gw.create_api(&api(name, &up.url(""), &[("GET", "/x")]))
+                .await?
+                .0,
+            201
+        );
+    }
+    eventually(SYNC_PATIENCE, "the slow import in flight", || async {
+        (count_calls(&apim, "POST", IMPORT) > imports).then_some(())
+    })
+    .await?;
+    apim.drop_websockets();
+    wait_connected(&gw, 2).await?;
+    apim.set_mode(Mode::Normal);
+    // The reconnection is noticed once a worker is free: the failed API is synced again.
+    for name in ["slow1", "slow2", "failing"] {
+        wait_sync(&gw, name, "success").await?;
     }
     Ok(())
 }

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde::Deserialize;
@@ -29,8 +28,13 @@ pub enum ApimError {
     #[error("APIM unreachable: {0}")]
     Unreachable(String),
     /// The token endpoint did not issue a token.
-    #[error("{0}")]
-    Token(String),
+    #[error("{message}")]
+    Token {
+        /// What went wrong, for the operator.
+        message: String,
+        /// Whether asking again may help (APIM away), as opposed to refused credentials.
+        transient: bool,
+    },
     /// A publisher call answered with an error status.
     #[error("APIM {call} failed: {message}")]
     Status {
@@ -52,16 +56,12 @@ pub enum ApimError {
 }
 
 impl ApimError {
-    /// Whether the access token was refused (a new one may help).
-    pub fn token_refused(&self) -> bool {
-        matches!(self, ApimError::Status { status: 401, .. })
-    }
-
-    /// Whether the request may succeed later as it is (APIM away or overloaded), as opposed to
-    /// APIM refusing it.
+    /// Whether the request may succeed later as it is (APIM away or overloaded, or a token it
+    /// refused and that is now dropped), as opposed to APIM refusing the request itself.
     pub fn transient(&self) -> bool {
         match self {
-            ApimError::Unreachable(_) | ApimError::Token(_) => true,
+            ApimError::Unreachable(_) => true,
+            ApimError::Token { transient, .. } => *transient,
             ApimError::Status { status, .. } => *status >= 500 || *status == 401 || *status == 429,
             ApimError::Response { .. } => false,
         }
@@ -83,9 +83,16 @@ enum Credentials {
     Missing,
 }
 
-struct CachedToken {
-    value: String,
-    refresh_at: Instant,
+/// How long refused credentials are not tried again, so many APIs syncing at once cannot flood
+/// the token endpoint (or lock the APIM user out) with wrong credentials.
+const REFUSAL_MEMORY: Duration = Duration::from_secs(5);
+/// Longest lifetime trusted from `expires_in`.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+enum TokenState {
+    Empty,
+    Valid { value: String, refresh_at: Instant },
+    Refused { error: ApimError, until: Instant },
 }
 
 #[derive(Deserialize)]
@@ -106,7 +113,7 @@ pub struct ApimClient {
     base: String,
     credentials: Credentials,
     gateway_name: String,
-    token: Mutex<Option<CachedToken>>,
+    token: Mutex<TokenState>,
 }
 
 fn shorten(text: &str) -> String {
@@ -173,7 +180,7 @@ impl ApimClient {
             base: format!("https://{}", cp.host),
             credentials,
             gateway_name: cp.gateway_name.clone(),
-            token: Mutex::new(None),
+            token: Mutex::new(TokenState::Empty),
         })
     }
 
@@ -209,28 +216,50 @@ impl ApimClient {
         })
     }
 
-    /// Drops the cached token (after APIM refused it).
-    pub async fn forget_token(&self) {
-        *self.token.lock().await = None;
+    /// Drops `token` from the cache after APIM refused it (unless a newer one replaced it).
+    async fn token_refused(&self, token: &str) {
+        let mut cache = self.token.lock().await;
+        if matches!(&*cache, TokenState::Valid { value, .. } if value == token) {
+            *cache = TokenState::Empty;
+        }
     }
 
     /// A valid access token, from the cache or the token endpoint. One request at a time asks
-    /// for a new one; the others wait for it.
+    /// for a new one; the others wait for it. Refused credentials are remembered briefly.
     async fn access_token(&self) -> Result<String, ApimError> {
         let mut cache = self.token.lock().await;
-        if let Some(t) = cache.as_ref().filter(|t| Instant::now() < t.refresh_at) {
-            return Ok(t.value.clone());
+        let now = Instant::now();
+        match &*cache {
+            TokenState::Valid { value, refresh_at } if now < *refresh_at => {
+                return Ok(value.clone());
+            }
+            TokenState::Refused { error, until } if now < *until => return Err(error.clone()),
+            _ => {}
         }
+        let result = self.request_token().await;
+        *cache = match &result {
+            Ok((value, lifetime)) => TokenState::Valid {
+                value: value.clone(),
+                refresh_at: now + lifetime.mul_f64(0.9),
+            },
+            Err(error) if !error.transient() => TokenState::Refused {
+                error: error.clone(),
+                until: now + REFUSAL_MEMORY,
+            },
+            Err(_) => TokenState::Empty,
+        };
+        result.map(|(value, _)| value)
+    }
+
+    /// Asks the token endpoint for a token; returns it with its lifetime.
+    async fn request_token(&self) -> Result<(String, Duration), ApimError> {
         let url = format!("{}/oauth2/token", self.base);
         let request = match &self.credentials {
-            Credentials::Client { id, secret } => {
-                let basic =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
-                self.http
-                    .post(&url)
-                    .header("Authorization", format!("Basic {basic}"))
-                    .form(&[("grant_type", "client_credentials"), ("scope", SCOPES)])
-            }
+            Credentials::Client { id, secret } => self
+                .http
+                .post(&url)
+                .basic_auth(id, Some(secret))
+                .form(&[("grant_type", "client_credentials"), ("scope", SCOPES)]),
             Credentials::Password { username, password } => self.http.post(&url).form(&[
                 ("grant_type", "password"),
                 ("username", username.as_str()),
@@ -238,29 +267,38 @@ impl ApimClient {
                 ("scope", SCOPES),
             ]),
             Credentials::Missing => {
-                return Err(ApimError::Token(
-                    "no APIM OAuth2 credentials configured: set controller.controlplane.apim_oauth2_client_id and \
-                     apim_oauth2_client_secret (or apim_oauth2_username and apim_oauth2_password)"
+                return Err(ApimError::Token {
+                    message: "no APIM OAuth2 credentials configured: set controller.controlplane.apim_oauth2_client_id \
+                              and apim_oauth2_client_secret (or apim_oauth2_username and apim_oauth2_password)"
                         .into(),
-                ));
+                    transient: false,
+                });
             }
         };
         let r = request.send().await.map_err(unreachable)?;
         let status = r.status();
         if !status.is_success() {
             let body = shorten(&r.text().await.unwrap_or_default());
-            let hint = if matches!(status.as_u16(), 400 | 401 | 403) {
+            let refused = matches!(status.as_u16(), 400 | 401 | 403);
+            let hint = if refused {
                 " (check the apim_oauth2_* credentials and that they carry the scopes apim:api_import_export apim:api_view)"
             } else {
                 ""
             };
-            return Err(ApimError::Token(format!(
-                "token endpoint returned unexpected status {}{hint}: {body}",
-                status.as_u16()
-            )));
+            return Err(ApimError::Token {
+                message: format!(
+                    "token endpoint returned unexpected status {}{hint}: {body}",
+                    status.as_u16()
+                ),
+                transient: !refused,
+            });
         }
+        let not_found = |message: String| ApimError::Token {
+            message,
+            transient: false,
+        };
         let answer: TokenAnswer = r.json().await.map_err(|e| {
-            ApimError::Token(format!(
+            not_found(format!(
                 "Access Token Not Found: unreadable token response: {e}"
             ))
         })?;
@@ -268,18 +306,29 @@ impl ApimClient {
             .access_token
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
-                ApimError::Token("Access Token Not Found in the token endpoint's response".into())
+                not_found("Access Token Not Found in the token endpoint's response".into())
             })?;
-        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
+        let lifetime =
+            Duration::from_secs(answer.expires_in.unwrap_or(3600)).min(MAX_TOKEN_LIFETIME);
         debug!(
             expires_in_s = lifetime.as_secs(),
             "obtained an APIM access token"
         );
-        *cache = Some(CachedToken {
-            value: value.clone(),
-            refresh_at: Instant::now() + lifetime.mul_f64(0.9),
-        });
-        Ok(value)
+        Ok((value, lifetime))
+    }
+
+    /// The error of a failed publisher call; a refused token is dropped so the next attempt
+    /// gets a new one.
+    async fn status_error(
+        &self,
+        call: &'static str,
+        token: &str,
+        r: reqwest::Response,
+    ) -> ApimError {
+        if r.status() == StatusCode::UNAUTHORIZED {
+            self.token_refused(token).await;
+        }
+        status_error(call, r).await
     }
 
     /// Imports (creating or replacing) and deploys the API in `artifact`.
@@ -299,14 +348,14 @@ impl ApimClient {
                 "{}/api/am/publisher/v4/apis/import?{IMPORT_QUERY}",
                 self.base
             ))
-            .bearer_auth(token)
+            .bearer_auth(&token)
             .header("Accept", "application/json")
             .multipart(Form::new().part("file", part))
             .send()
             .await
             .map_err(unreachable)?;
         if !r.status().is_success() {
-            return Err(status_error(CALL, r).await);
+            return Err(self.status_error(CALL, &token, r).await);
         }
         r.json::<Imported>().await.map_err(|e| ApimError::Response {
             call: CALL,
@@ -335,13 +384,13 @@ impl ApimClient {
             .http
             .post(url)
             .query(&[("revisionId", revision)])
-            .bearer_auth(token)
+            .bearer_auth(&token)
             .json(&json!([{"name": self.gateway_name, "displayOnDevportal": false}]))
             .send()
             .await
             .map_err(unreachable)?;
         if !r.status().is_success() {
-            return Err(status_error(CALL, r).await);
+            return Err(self.status_error(CALL, &token, r).await);
         }
         Ok(())
     }

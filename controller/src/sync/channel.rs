@@ -1,6 +1,8 @@
 //! The control channel: on-prem detection, the WebSocket to the API Manager with its
 //! `connection.ack` handshake, heartbeat, and reconnection with exponential backoff and jitter.
-//! Whether it is up is published on a watch channel; syncs run only while it is.
+//! Whether it is up is published on a watch channel as the number of the current connection
+//! (`None` while down), so a drop and reconnect are never mistaken for an unbroken connection;
+//! syncs run only while it is up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,26 +57,35 @@ pub(super) fn jittered(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.75..=1.25))
 }
 
+/// The state of the control channel: the number of the connection that is up, if any.
+pub type Connection = Option<u64>;
+
+/// How long a connection must have lasted for the reconnect backoff to start over, so a peer
+/// that acknowledges and then drops at once is not hammered.
+const STABLE: Duration = Duration::from_secs(30);
+
 /// Keeps the control channel up until `stop` turns true, publishing its state on `connected`.
 pub async fn run(
     apim: Arc<ApimClient>,
     settings: ChannelSettings,
-    connected: watch::Sender<bool>,
+    connected: watch::Sender<Connection>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = settings.reconnect_initial;
+    let mut epoch = 0;
     loop {
-        let was_acked = tokio::select! {
-            acked = session(&apim, &settings, &connected) => acked,
-            _ = stop.wait_for(|s| *s) => false,
+        epoch += 1;
+        let uptime = tokio::select! {
+            up = session(&apim, &settings, &connected, epoch) => up,
+            _ = stop.wait_for(|s| *s) => None,
         };
-        if connected.send_replace(false) {
+        if connected.send_replace(None).is_some() {
             warn!("Disconnected from control plane; reconnecting");
         }
         if *stop.borrow() {
             return;
         }
-        if was_acked {
+        if uptime.is_some_and(|u| u >= STABLE.min(settings.reconnect_max)) {
             backoff = settings.reconnect_initial;
         }
         let wait = jittered(backoff);
@@ -90,12 +101,14 @@ pub async fn run(
     }
 }
 
-/// One connection attempt and, if it succeeds, its life. Returns whether it was acknowledged.
+/// One connection attempt and, if it succeeds, its life. Returns how long it was up after
+/// `connection.ack`, or `None` if it never was.
 async fn session(
     apim: &ApimClient,
     settings: &ChannelSettings,
-    connected: &watch::Sender<bool>,
-) -> bool {
+    connected: &watch::Sender<Connection>,
+    epoch: u64,
+) -> Option<Duration> {
     let gateway_path = match apim.gateway_path().await {
         Ok(p) if !p.is_empty() => p,
         Ok(_) => {
@@ -103,11 +116,11 @@ async fn session(
                 host = settings.host,
                 "On-prem Control Plane Mode Not Enabled: the .well-known endpoint names no gatewayPath"
             );
-            return false;
+            return None;
         }
         Err(e) => {
             warn!(host = settings.host, error = %e, "Failed to resolve gateway path");
-            return false;
+            return None;
         }
     };
     let url = format!("wss://{}{gateway_path}/ws/gateways/connect", settings.host);
@@ -116,7 +129,7 @@ async fn session(
         Ok(r) => r,
         Err(e) => {
             error!(url, error = %e, "invalid control plane URL");
-            return false;
+            return None;
         }
     };
     if let Some(token) = &settings.token {
@@ -126,7 +139,7 @@ async fn session(
             }
             Err(_) => {
                 error!("controller.controlplane.token is not a valid header value");
-                return false;
+                return None;
             }
         }
     }
@@ -144,15 +157,15 @@ async fn session(
             } else {
                 warn!(status, "control plane refused the WebSocket");
             }
-            return false;
+            return None;
         }
         Ok(Err(e)) => {
             warn!(url, error = %e, "cannot connect to the control plane");
-            return false;
+            return None;
         }
         Err(_) => {
             warn!(url, "control plane WebSocket handshake timed out");
-            return false;
+            return None;
         }
     };
     let ack = loop {
@@ -161,25 +174,25 @@ async fn session(
                 Ok(f) if f.kind == "connection.ack" => break f,
                 _ => {
                     warn!("control plane's first message was not connection.ack");
-                    return false;
+                    return None;
                 }
             },
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
             Ok(Some(Ok(_))) => {
                 warn!("control plane's first message was not connection.ack");
-                return false;
+                return None;
             }
             Ok(Some(Err(e))) => {
                 warn!(error = %e, "control plane connection failed before connection.ack");
-                return false;
+                return None;
             }
             Ok(None) => {
                 warn!("control plane closed the connection before connection.ack");
-                return false;
+                return None;
             }
             Err(_) => {
                 warn!("no connection.ack from the control plane in time");
-                return false;
+                return None;
             }
         }
     };
@@ -188,7 +201,8 @@ async fn session(
         connection_id = ack.connection_id.as_deref().unwrap_or(""),
         "Connected to control plane"
     );
-    connected.send_replace(true);
+    connected.send_replace(Some(epoch));
+    let acked_at = Instant::now();
     // Our own pings keep NATs open and make a dead peer show up even if it stops pinging.
     let mut ping = tokio::time::interval(settings.heartbeat_timeout / 3);
     ping.reset();
@@ -205,22 +219,22 @@ async fn session(
                     }
                     if let Message::Close(_) = m {
                         info!("control plane closed the connection");
-                        return true;
+                        return Some(acked_at.elapsed());
                     }
                 }
                 Some(Err(e)) => {
                     warn!(error = %e, "control plane connection lost");
-                    return true;
+                    return Some(acked_at.elapsed());
                 }
                 None => {
                     warn!("control plane connection ended");
-                    return true;
+                    return Some(acked_at.elapsed());
                 }
             },
             _ = ping.tick() => {
                 if let Err(e) = ws.send(Message::Ping(Vec::new().into())).await {
                     warn!(error = %e, "control plane connection lost");
-                    return true;
+                    return Some(acked_at.elapsed());
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
@@ -228,7 +242,7 @@ async fn session(
                     silent_s = settings.heartbeat_timeout.as_secs(),
                     "no heartbeat from the control plane; reconnecting"
                 );
-                return true;
+                return Some(acked_at.elapsed());
             }
         }
     }

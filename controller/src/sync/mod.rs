@@ -68,7 +68,7 @@ pub fn start(
         gateway_name = cp.gateway_name,
         "bottom-up sync to on-prem APIM enabled"
     );
-    let (connected_tx, connected_rx) = watch::channel(false);
+    let (connected_tx, connected_rx) = watch::channel(None);
     let settings = channel::ChannelSettings {
         host: cp.host.clone(),
         token: (!cp.token.is_empty()).then(|| cp.token.clone()),
@@ -89,7 +89,8 @@ pub fn start(
         queue,
         gateway_name: cp.gateway_name.clone(),
         pool_size: cp.apim_sync_pool_size as usize,
+        connected: connected_rx,
     };
-    tokio::spawn(workers.run(connected_rx, stop));
+    tokio::spawn(workers.run(stop));
     Ok(())
 }

@@ -21,6 +21,7 @@ struct State {
 pub struct SyncQueue {
     state: Arc<Mutex<State>>,
     wake: Arc<Notify>,
+    undeploy_wake: Arc<Notify>,
 }
 
 impl SyncQueue {
@@ -50,7 +51,7 @@ impl SyncQueue {
     /// Says that revisions of deleted APIs wait to be undeployed.
     pub fn push_undeploys(&self) {
         self.lock().undeploys = true;
-        self.wake.notify_one();
+        self.undeploy_wake.notify_one();
     }
 
     /// Takes the undeploy flag.
@@ -79,14 +80,14 @@ impl SyncQueue {
         }
     }
 
-    /// Wakes the dispatcher to look at the queue again.
-    pub(super) fn nudge(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Resolves once something was pushed since the last call (or is waiting).
+    /// Resolves once an API was pushed since the last call (or is waiting).
     pub(super) async fn pushed(&self) {
         self.wake.notified().await;
+    }
+
+    /// Resolves once undeployments were pushed since the last call (or are waiting).
+    pub(super) async fn pushed_undeploys(&self) {
+        self.undeploy_wake.notified().await;
     }
 }
 

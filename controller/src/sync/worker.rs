@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use super::SyncOutcome;
 use super::apim::{ApimClient, ApimError};
 use super::artifact;
+use super::channel::{self, Connection};
 use super::queue::SyncQueue;
-use super::{SyncOutcome, channel};
 use crate::registry::{Registry, RegistryError};
 
 /// Attempts per sync before the API is marked failed.
@@ -34,6 +34,8 @@ pub struct Workers {
     pub gateway_name: String,
     /// Syncs running at once.
     pub pool_size: usize,
+    /// The control channel's state.
+    pub connected: watch::Receiver<Connection>,
 }
 
 async fn off_runtime<T: Send + 'static>(
@@ -44,36 +46,54 @@ async fn off_runtime<T: Send + 'static>(
         .unwrap_or(Err(RegistryError::Poisoned))
 }
 
+/// Marks an API's sync finished when dropped, so even a panicking sync frees its API.
+struct Finished {
+    queue: SyncQueue,
+    handle: String,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.queue.done(&self.handle);
+    }
+}
+
 impl Workers {
     /// Dispatches syncs until `stop` turns true.
-    pub async fn run(self, mut connected: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
+        tokio::spawn(this.clone().undeploy_loop(stop.clone()));
         let permits = Arc::new(Semaphore::new(this.pool_size));
-        let mut undeployer: Option<JoinHandle<()>> = None;
-        let mut was_connected = false;
+        let mut connected = this.connected.clone();
+        let mut synced_epoch = None;
         loop {
-            if *stop.borrow() {
-                return;
-            }
-            let up = *connected.borrow_and_update();
-            if !up {
-                was_connected = false;
+            let Some(epoch) = *connected.borrow_and_update() else {
                 tokio::select! {
                     r = connected.changed() => if r.is_err() { return },
                     _ = stop.wait_for(|s| *s) => return,
                 }
                 continue;
-            }
-            if !was_connected {
-                was_connected = true;
+            };
+            if synced_epoch != Some(epoch) {
+                synced_epoch = Some(epoch);
                 this.start_bottom_up_sync().await;
             }
-            if undeployer.as_ref().is_none_or(JoinHandle::is_finished)
-                && this.queue.take_undeploys()
-            {
-                undeployer = Some(tokio::spawn(this.clone().undeploy_deleted()));
-            }
+            // A worker slot first: waiting for one never hides a reconnection.
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                r = connected.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                _ = stop.wait_for(|s| *s) => return,
+            };
             let Some(handle) = this.queue.pop() else {
+                drop(permit);
                 tokio::select! {
                     _ = this.queue.pushed() => {}
                     r = connected.changed() => if r.is_err() { return },
@@ -81,13 +101,13 @@ impl Workers {
                 }
                 continue;
             };
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
             let worker = this.clone();
             tokio::spawn(async move {
-                worker.sync_api(&handle).await;
-                worker.queue.done(&handle);
+                let _finished = Finished {
+                    queue: worker.queue.clone(),
+                    handle: handle.clone(),
+                };
+                worker.sync_api(&handle, epoch).await;
                 drop(permit);
             });
         }
@@ -122,9 +142,6 @@ impl Workers {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     warn!(api, attempt, error = %e, "APIM {what} attempt failed");
-                    if e.token_refused() {
-                        self.client.forget_token().await;
-                    }
                     if attempt == ATTEMPTS || !e.transient() {
                         return Err(e);
                     }
@@ -136,8 +153,10 @@ impl Workers {
         }
     }
 
-    /// Syncs one API if it is still due, and records the outcome.
-    async fn sync_api(&self, handle: &str) {
+    /// Syncs one API if it is still due, and records the outcome. A failure while connection
+    /// `epoch` went away is not recorded: the API stays as it was and is synced again on the
+    /// next connection.
+    async fn sync_api(&self, handle: &str, epoch: u64) {
         let registry = self.registry.clone();
         let h = handle.to_string();
         let entry = match off_runtime(move || registry.sync_entry(&h)).await {
@@ -187,6 +206,14 @@ impl Workers {
             SyncOutcome::Undeployed
         };
         let took_ms = started.elapsed().as_millis() as u64;
+        if matches!(outcome, SyncOutcome::Failed(_)) && *self.connected.borrow() != Some(epoch) {
+            warn!(
+                api = handle,
+                took_ms,
+                "control plane connection lost during the sync; retried on the next connection"
+            );
+            return;
+        }
         match &outcome {
             SyncOutcome::Imported { id, revision } => {
                 info!(
@@ -218,53 +245,63 @@ impl Workers {
         }
     }
 
-    /// Undeploys the revisions of deleted APIs; keeps those APIM could not be reached for.
-    async fn undeploy_deleted(self: Arc<Self>) {
+    /// Undeploys revisions of deleted APIs whenever some are queued and the channel is up.
+    async fn undeploy_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut connected = self.connected.clone();
         loop {
-            let registry = self.registry.clone();
-            let rows = match off_runtime(move || registry.pending_undeploys()).await {
-                Ok(r) => r,
-                Err(e) => {
-                    error!(error = %e, "cannot list APIM revisions to undeploy");
-                    break;
-                }
-            };
-            for u in rows {
-                let result = self
-                    .attempts("undeploy-revision", &u.api_handle, || {
-                        self.client.undeploy(&u.artifact_id, &u.revision)
-                    })
-                    .await;
-                let handled = match result {
-                    Ok(()) => {
-                        info!(
-                            api = u.api_handle,
-                            apim_id = u.artifact_id,
-                            revision = u.revision,
-                            "deleted API undeployed in APIM"
-                        );
-                        true
-                    }
-                    Err(e) if !e.transient() => {
-                        warn!(api = u.api_handle, apim_id = u.artifact_id, error = %e, "APIM refused to undeploy a deleted API's revision; dropped");
-                        true
-                    }
-                    Err(e) => {
-                        warn!(api = u.api_handle, apim_id = u.artifact_id, error = %e, "cannot undeploy a deleted API's revision yet; retried on the next connection");
-                        false
-                    }
-                };
-                if handled {
-                    let registry = self.registry.clone();
-                    if let Err(e) = off_runtime(move || registry.finish_undeploy(u.seq)).await {
-                        error!(error = %e, "cannot record an undeployment");
-                    }
-                }
+            if connected.borrow_and_update().is_some() && self.queue.take_undeploys() {
+                self.undeploy_deleted().await;
+                continue;
             }
-            if !self.queue.take_undeploys() {
-                break;
+            tokio::select! {
+                _ = self.queue.pushed_undeploys() => {}
+                r = connected.changed() => if r.is_err() { return },
+                _ = stop.wait_for(|s| *s) => return,
             }
         }
-        self.queue.nudge();
+    }
+
+    /// Undeploys the revisions of deleted APIs; keeps those APIM could not be reached for.
+    async fn undeploy_deleted(&self) {
+        let registry = self.registry.clone();
+        let rows = match off_runtime(move || registry.pending_undeploys()).await {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "cannot list APIM revisions to undeploy");
+                return;
+            }
+        };
+        for u in rows {
+            let result = self
+                .attempts("undeploy-revision", &u.api_handle, || {
+                    self.client.undeploy(&u.artifact_id, &u.revision)
+                })
+                .await;
+            let handled = match result {
+                Ok(()) => {
+                    info!(
+                        api = u.api_handle,
+                        apim_id = u.artifact_id,
+                        revision = u.revision,
+                        "deleted API undeployed in APIM"
+                    );
+                    true
+                }
+                Err(e) if !e.transient() => {
+                    warn!(api = u.api_handle, apim_id = u.artifact_id, error = %e, "APIM refused to undeploy a deleted API's revision; dropped");
+                    true
+                }
+                Err(e) => {
+                    warn!(api = u.api_handle, apim_id = u.artifact_id, error = %e, "cannot undeploy a deleted API's revision yet; retried on the next connection");
+                    false
+                }
+            };
+            if handled {
+                let registry = self.registry.clone();
+                if let Err(e) = off_runtime(move || registry.finish_undeploy(u.seq)).await {
+                    error!(error = %e, "cannot record an undeployment");
+                }
+            }
+        }
     }
 }

@@ -132,7 +132,9 @@ async fn main() -> Result<()> {
     );
     let gw = Arc::new(Gateway::start_with(cfg).await?);
     eventually(BOUND, "control channel up", || async {
-        (apim.ws_open() >= 1).then_some(())
+        gw.log_text()
+            .contains("Connected to control plane")
+            .then_some(())
     })
     .await?;
 
