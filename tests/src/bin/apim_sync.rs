@@ -30,6 +30,8 @@ use tokio::task::JoinSet;
 
 /// Upper bound for anything here; reached only when something is wrong.
 const BOUND: Duration = Duration::from_secs(120);
+/// Interval of status polls (the measurement's resolution).
+const POLL: Duration = Duration::from_millis(1);
 /// Requests in flight while creating the burst.
 const IN_FLIGHT: usize = 16;
 
@@ -150,10 +152,12 @@ async fn main() -> Result<()> {
         }
         posts_idle.push(t.elapsed());
         let answered = Instant::now();
-        eventually(BOUND, "sync success", || async {
-            (sync_status(&gw, &name).await.as_deref() == Some("success")).then_some(())
-        })
-        .await?;
+        while sync_status(&gw, &name).await.as_deref() != Some("success") {
+            if answered.elapsed() > BOUND {
+                bail!("{name} not synced after {BOUND:?}");
+            }
+            tokio::time::sleep(POLL).await;
+        }
         one.push(answered.elapsed());
     }
     let probe = "single0".to_string();
@@ -170,16 +174,20 @@ async fn main() -> Result<()> {
     let names: Vec<String> = (0..args.burst).map(|i| format!("burst{i}")).collect();
     let posts_burst = create_all(&gw, names, &upstream).await?;
     let created = started.elapsed();
-    eventually(BOUND, "burst synced", || async {
-        let (_, list) = gw.get_json("/rest-apis").await.ok()?;
-        let apis = list["apis"].as_array()?;
-        let done = apis
-            .iter()
-            .filter(|a| a["cpSyncStatus"] == "success")
-            .count();
-        (done == args.single + args.burst).then_some(())
-    })
-    .await?;
+    loop {
+        let (_, list) = gw.get_json("/rest-apis").await?;
+        let done = list["apis"]
+            .as_array()
+            .map(|apis| apis.iter().filter(|a| a["cpSyncStatus"] == "success").count())
+            .unwrap_or(0);
+        if done == args.single + args.burst {
+            break;
+        }
+        if started.elapsed() > BOUND {
+            bail!("burst not synced after {BOUND:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
     let synced = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let gets_burst = during.await?;
