@@ -178,7 +178,11 @@ async fn main() -> Result<()> {
         let (_, list) = gw.get_json("/rest-apis").await?;
         let done = list["apis"]
             .as_array()
-            .map(|apis| apis.iter().filter(|a| a["cpSyncStatus"] == "success").count())
+            .map(|apis| {
+                apis.iter()
+                    .filter(|a| a["cpSyncStatus"] == "success")
+                    .count()
+            })
             .unwrap_or(0);
         if done == args.single + args.burst {
             break;
