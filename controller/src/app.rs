@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use gateway_envoy::{BootstrapSettings, EnvoyCommand};
 use gateway_xds::{
-    ClusterSettings, ListenerSettings, PolicyEngineSettings, RouteSettings, XdsSettings,
+    ClusterSettings, ListenerSettings, PolicyEngineSettings, RouteSettings, Scheme, Upstream,
+    XdsSettings,
 };
 use std::process::Stdio;
 
@@ -24,9 +25,21 @@ use crate::http::{AppState, router};
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::sync::SyncQueue;
+use crate::websub::hub::Hub;
+use crate::websub::{Directory, HubStore};
 
 /// How long open management requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Where Envoy reaches the WebSub hub.
+fn hub_upstream(c: &Config) -> Upstream {
+    Upstream {
+        scheme: Scheme::Http,
+        host: c.websub.upstream_host.clone(),
+        port: c.websub.port,
+        base_path: String::new(),
+    }
+}
 
 fn xds_settings(c: &Config, trusted_ca_file: PathBuf) -> XdsSettings {
     let t = &c.router.upstream.timeouts;
@@ -95,10 +108,18 @@ pub async fn run(
     // With a control plane configured, changes are tracked as pending even while the sync itself
     // is switched off (`deployment_sync_enabled = false`).
     let sync_queue = (!cp.host.is_empty()).then(SyncQueue::new);
+    let hub_path = data_dir.join("websub.db");
+    let hub_store = Arc::new(
+        HubStore::open(&hub_path).with_context(|| format!("opening {}", hub_path.display()))?,
+    );
+    let directory = Arc::new(Directory::new(hub_store));
+    let hub_upstream = hub_upstream(&config);
     let registry = Arc::new(Registry::open(
         store,
         xds_settings(&config, trusted_ca_file(&config)?),
         sync_queue.clone(),
+        directory.clone(),
+        &hub_upstream,
     )?);
 
     let xds_listener = bind(
@@ -119,11 +140,13 @@ pub async fn run(
         "policy stream",
     )
     .await?;
+    let hub_listener = bind(&config.websub.host, config.websub.port, "WebSub hub").await?;
     let xds_addr = xds_listener.local_addr()?;
     let policy_addr = policy_listener.local_addr()?;
     info!(address = %api_listener.local_addr()?, "management API listening");
     info!(address = %xds_addr, "ADS server listening");
     info!(address = %policy_addr, "policy stream listening");
+    info!(address = %hub_listener.local_addr()?, "WebSub hub listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -136,6 +159,11 @@ pub async fn run(
     let xds_task = tokio::spawn({
         let rx = stop_rx.clone();
         async move { xds.serve(xds_listener, stopped(rx)).await }
+    });
+    let hub = Hub::start(directory, config.websub.clone());
+    let hub_task = tokio::spawn({
+        let rx = stop_rx.clone();
+        async move { hub.serve(hub_listener, stopped(rx)).await }
     });
     let policies = registry.policies().clone();
     let policy_task = tokio::spawn({
@@ -175,6 +203,7 @@ pub async fn run(
         auth: Arc::new(Authenticator::new(&config.controller.auth.basic)),
         max_body: config.controller.server.max_body_bytes,
         key_quota: config.api_key.keys_per_user_per_api,
+        hub: hub_upstream,
     };
     let mut api_task = tokio::spawn(
         axum::serve(api_listener, router(state))
@@ -194,6 +223,9 @@ pub async fn run(
     }
     for child in children {
         let _ = child.await;
+    }
+    if let Ok(Err(e)) = hub_task.await {
+        warn!(error = %e, "WebSub hub stopped with an error");
     }
     // Engines and an external Envoy keep their streams open: give them a moment, then stop.
     let policy_abort = policy_task.abort_handle();

@@ -22,6 +22,55 @@ pub struct Config {
     pub api_key: ApiKeyConfig,
     /// `[policy_engine]`: the ext_proc server Envoy consults on routes with policies.
     pub policy_engine: PolicyEngineConfig,
+    /// `[websub]`: the WebSub hub behind Envoy.
+    pub websub: WebSubConfig,
+}
+
+/// `[websub]`: the hub serving WebSub APIs (Envoy routes `{context}/hub` and
+/// `{context}/webhook-receiver` to it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct WebSubConfig {
+    /// Address the hub listens on.
+    pub host: String,
+    /// Port the hub listens on.
+    pub port: u16,
+    /// Host name or address Envoy uses to reach the hub.
+    pub upstream_host: String,
+    /// Lease granted when a subscriber asks for none.
+    pub default_lease_seconds: u64,
+    /// Longest lease granted (leases are never perpetual).
+    pub max_lease_seconds: u64,
+    /// Timeout of a verification of intent.
+    pub verification_timeout_ms: u64,
+    /// Timeout of one delivery attempt.
+    pub delivery_timeout_ms: u64,
+    /// Wait after the first failed delivery; doubles up to `delivery_max_delay_ms`.
+    pub delivery_initial_delay_ms: u64,
+    /// Longest wait between delivery attempts.
+    pub delivery_max_delay_ms: u64,
+    /// Attempts per event and subscriber before the event is dropped for that subscriber.
+    pub delivery_max_attempts: u32,
+    /// Largest published event.
+    pub max_body_bytes: usize,
+}
+
+impl Default for WebSubConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 9095,
+            upstream_host: "127.0.0.1".into(),
+            default_lease_seconds: 86_400,
+            max_lease_seconds: 864_000,
+            verification_timeout_ms: 10_000,
+            delivery_timeout_ms: 10_000,
+            delivery_initial_delay_ms: 1_000,
+            delivery_max_delay_ms: 60_000,
+            delivery_max_attempts: 10,
+            max_body_bytes: 1 << 20,
+        }
+    }
 }
 
 /// `[policy_engine]`.
@@ -618,6 +667,7 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         ("policy_engine.port", c.policy_engine.port),
         ("router.listener_port", c.router.listener_port),
         ("router.admin_port", c.router.admin_port),
+        ("websub.port", c.websub.port),
     ] {
         if port == 0 {
             return bad(format!("{name} must not be 0"));
@@ -627,6 +677,24 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         || c.router.upstream.timeouts.route_timeout_ms == 0
     {
         return bad("router.upstream.timeouts must be positive".into());
+    }
+    let w = &c.websub;
+    if w.default_lease_seconds == 0 || w.default_lease_seconds > w.max_lease_seconds {
+        return bad(
+            "websub.default_lease_seconds must be positive and at most websub.max_lease_seconds"
+                .into(),
+        );
+    }
+    if w.verification_timeout_ms == 0
+        || w.delivery_timeout_ms == 0
+        || w.delivery_initial_delay_ms == 0
+        || w.delivery_initial_delay_ms > w.delivery_max_delay_ms
+        || w.delivery_max_attempts == 0
+    {
+        return bad("websub timeouts, delays and attempts must be positive, with delivery_initial_delay_ms <= delivery_max_delay_ms".into());
+    }
+    if w.max_body_bytes < 1024 {
+        return bad("websub.max_body_bytes must be at least 1024".into());
     }
     validate_controlplane(&c.controller.controlplane)
 }

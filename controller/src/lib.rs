@@ -12,3 +12,4 @@ pub mod registry;
 pub mod store;
 pub mod sync;
 pub mod validate;
+pub mod websub;

@@ -7,9 +7,21 @@ use gateway_xds::routes::route_name;
 
 use crate::store::KeyRow;
 use crate::validate::ValidApi;
+use crate::websub::policy_route;
 
-/// The policies of API `v` with its `keys`.
+/// The policies of API `v` with its `keys`: one chain per route of a REST API, per (event type,
+/// channel) of a WebSub API.
 pub fn api_policies(v: &ValidApi, keys: &[KeyRow]) -> ApiPolicies {
+    let websub = v.websub.iter().flat_map(|w| {
+        w.chains.iter().map(|((event, channel), entries)| {
+            let chain = RouteChain {
+                api: v.name.clone(),
+                operation: format!("{} {channel}", event.tag()),
+                entries: entries.clone(),
+            };
+            (policy_route(&v.name, *event, channel), chain)
+        })
+    });
     let routes = v
         .routes
         .operations
@@ -24,6 +36,7 @@ pub fn api_policies(v: &ValidApi, keys: &[KeyRow]) -> ApiPolicies {
             };
             (route_name(&v.routes, op), chain)
         })
+        .chain(websub)
         .collect();
     let keys = keys
         .iter()

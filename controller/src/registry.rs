@@ -14,6 +14,9 @@ use crate::policy_view::api_policies;
 use crate::store::{ApiRow, KeyRow, Store, StoreError, SyncRecord, UndeployRow};
 use crate::sync::{SyncOutcome, SyncQueue};
 use crate::validate::{ValidApi, validate_rest_api};
+use crate::websub::model::WebSubApiRequest;
+use crate::websub::{Directory, HubApi, WEBSUB_API, validate_websub_api};
+use gateway_xds::Upstream;
 
 /// Kind of the REST API resource.
 pub const REST_API: &str = "RestApi";
@@ -83,8 +86,10 @@ impl State {
     }
 
     fn check_conflicts(&self, v: &ValidApi, own_uuid: Option<&str>) -> Result<(), RegistryError> {
+        let kind = kind_of(v);
         if let Some(other) = self.apis.values().find(|e| {
             Some(e.row.uuid.as_str()) != own_uuid
+                && e.row.kind == kind
                 && e.row.display_name == v.display_name
                 && e.row.version == v.version
         }) {
@@ -140,9 +145,31 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn revalidate(row: &ApiRow) -> Option<ValidApi> {
+fn revalidate(row: &ApiRow, hub: &Upstream) -> Option<ValidApi> {
+    if row.kind == WEBSUB_API {
+        let req: WebSubApiRequest = serde_json::from_str(&row.definition).ok()?;
+        return validate_websub_api(&req, Some(&row.handle), hub).ok();
+    }
     let req: ApiRequest = serde_json::from_str(&row.definition).ok()?;
     validate_rest_api(&req, Some(&row.handle)).ok()
+}
+
+/// The kind of a validated API.
+pub fn kind_of(v: &ValidApi) -> &'static str {
+    if v.websub.is_some() {
+        WEBSUB_API
+    } else {
+        REST_API
+    }
+}
+
+fn not_found(kind: &str, id: &str) -> RegistryError {
+    let label = if kind == WEBSUB_API {
+        "WebSubAPI"
+    } else {
+        "RestAPI"
+    };
+    RegistryError::NotFound(format!("{label} with handle '{id}' not found"))
 }
 
 /// Sync status of an API waiting to be synced.
@@ -156,6 +183,7 @@ pub struct Registry {
     xds: Xds,
     policies: Distributor,
     sync: Option<SyncQueue>,
+    websub: Arc<Directory>,
 }
 
 impl Registry {
@@ -166,6 +194,8 @@ impl Registry {
         store: Store,
         settings: XdsSettings,
         sync: Option<SyncQueue>,
+        websub: Arc<Directory>,
+        hub: &Upstream,
     ) -> Result<Self, RegistryError> {
         let mut state = State {
             store,
@@ -183,7 +213,7 @@ impl Registry {
         }
         let mut initial = Vec::new();
         for row in state.store.all()? {
-            let valid = revalidate(&row);
+            let valid = revalidate(&row, hub);
             if valid.is_none() {
                 error!(
                     api = row.handle,
@@ -203,6 +233,7 @@ impl Registry {
             xds,
             policies: Distributor::new(),
             sync,
+            websub,
         };
         {
             let st = registry.lock()?;
@@ -223,7 +254,8 @@ impl Registry {
         &self.policies
     }
 
-    /// Sends API `e`'s policies and keys to policy engines (or withdraws them).
+    /// Sends API `e`'s policies and keys to policy engines, or to the hub for a WebSub API (or
+    /// withdraws them).
     fn publish_policies(&self, st: &State, e: &ApiEntry) {
         match (&e.valid, e.deployed()) {
             (Some(v), true) => {
@@ -233,6 +265,16 @@ impl Registry {
                     Vec::new()
                 });
                 let policies = api_policies(v, &keys);
+                if let Some(w) = &v.websub {
+                    let api = HubApi {
+                        uuid: e.row.uuid.clone(),
+                        name: e.row.handle.clone(),
+                        context: v.context().to_string(),
+                        channels: w.channels.iter().cloned().collect(),
+                    };
+                    self.websub.set(api, policies);
+                    return;
+                }
                 // Engines only see routes with policies: an API without any needs no resource.
                 if policies.routes.is_empty() {
                     self.policies.remove(&e.row.handle);
@@ -240,6 +282,7 @@ impl Registry {
                     self.policies.set(&e.row.handle, &policies);
                 }
             }
+            _ if e.row.kind == WEBSUB_API => self.websub.remove(&e.row.handle),
             _ => self.policies.remove(&e.row.handle),
         }
     }
@@ -274,9 +317,11 @@ impl Registry {
         }
         st.check_conflicts(&v, None)?;
         let ts = now();
+        let kind = kind_of(&v);
+        let tracked = self.sync.is_some() && kind == REST_API;
         let row = ApiRow {
             uuid: uuid::Uuid::now_v7().to_string(),
-            kind: REST_API.into(),
+            kind: kind.into(),
             handle: v.name.clone(),
             display_name: v.display_name.clone(),
             version: v.version.clone(),
@@ -287,7 +332,7 @@ impl Registry {
             created_at: ts.clone(),
             updated_at: ts.clone(),
             deployed_at: (v.state == DesiredState::Deployed).then_some(ts),
-            cp_sync_status: self.sync.is_some().then(|| SYNC_PENDING.to_string()),
+            cp_sync_status: tracked.then(|| SYNC_PENDING.to_string()),
             cp_sync_error: None,
             cp_artifact_id: None,
             cp_revision: None,
@@ -300,25 +345,30 @@ impl Registry {
         st.index(&entry);
         st.apis.insert(entry.row.handle.clone(), entry.clone());
         self.publish(&st, &entry);
-        self.queue_sync(&entry.row.handle);
+        self.queue_sync(&entry.row);
         Ok(entry)
     }
 
-    fn queue_sync(&self, handle: &str) {
-        if let Some(q) = &self.sync {
-            q.push(handle);
+    fn queue_sync(&self, row: &ApiRow) {
+        if let (Some(q), Some(_)) = (&self.sync, &row.cp_sync_status) {
+            q.push(&row.handle);
         }
     }
 
     /// Replaces the definition of API `id` (which `v` already names).
     pub fn update(&self, v: ValidApi, definition: String) -> Result<Arc<ApiEntry>, RegistryError> {
         let mut st = self.lock()?;
-        let old = st.apis.get(&v.name).cloned().ok_or_else(|| {
-            RegistryError::NotFound(format!("RestAPI with handle '{}' not found", v.name))
-        })?;
+        let kind = kind_of(&v);
+        let old = st
+            .apis
+            .get(&v.name)
+            .filter(|e| e.row.kind == kind)
+            .cloned()
+            .ok_or_else(|| not_found(kind, &v.name))?;
         st.check_conflicts(&v, Some(&old.row.uuid))?;
         let ts = now();
         let deployed = v.state == DesiredState::Deployed;
+        let tracked = self.sync.is_some() && kind == REST_API;
         let row = ApiRow {
             display_name: v.display_name.clone(),
             version: v.version.clone(),
@@ -327,7 +377,7 @@ impl Registry {
             definition,
             updated_at: ts.clone(),
             deployed_at: deployed.then(|| ts.clone()),
-            cp_sync_status: self.sync.is_some().then(|| SYNC_PENDING.to_string()),
+            cp_sync_status: tracked.then(|| SYNC_PENDING.to_string()),
             cp_sync_error: None,
             ..old.row.clone()
         };
@@ -340,23 +390,31 @@ impl Registry {
         st.index(&entry);
         st.apis.insert(entry.row.handle.clone(), entry.clone());
         self.publish(&st, &entry);
-        self.queue_sync(&entry.row.handle);
+        self.queue_sync(&entry.row);
         Ok(entry)
     }
 
-    /// Deletes API `id`.
-    pub fn delete(&self, id: &str) -> Result<(), RegistryError> {
+    /// Deletes API `id` of `kind`.
+    pub fn delete(&self, kind: &str, id: &str) -> Result<(), RegistryError> {
         let mut st = self.lock()?;
-        let old = st.apis.get(id).cloned().ok_or_else(|| {
-            RegistryError::NotFound(format!("RestAPI with handle '{id}' not found"))
-        })?;
+        let old = st
+            .apis
+            .get(id)
+            .filter(|e| e.row.kind == kind)
+            .cloned()
+            .ok_or_else(|| not_found(kind, id))?;
         if !st.store.delete(&old.row.uuid, &now())? {
             warn!(api = id, "row already gone from the database");
         }
         st.unindex(&old);
         st.apis.remove(id);
         self.xds.remove(id);
-        self.policies.remove(id);
+        if kind == WEBSUB_API {
+            self.websub.remove(id);
+            self.websub.purge(&old.row.uuid);
+        } else {
+            self.policies.remove(id);
+        }
         if let (Some(q), Some(_)) = (&self.sync, &old.row.cp_revision) {
             q.push_undeploys();
         }
@@ -372,6 +430,7 @@ impl Registry {
             .map(|e| &e.row)
             .filter(|r| {
                 r.origin == ORIGIN_GATEWAY
+                    && r.kind == REST_API
                     && matches!(
                         r.cp_sync_status.as_deref(),
                         Some(SYNC_PENDING | SYNC_FAILED)
@@ -387,6 +446,7 @@ impl Registry {
     pub fn sync_entry(&self, handle: &str) -> Result<Option<Arc<ApiEntry>>, RegistryError> {
         Ok(self.lock()?.apis.get(handle).cloned().filter(|e| {
             e.row.origin == ORIGIN_GATEWAY
+                && e.row.kind == REST_API
                 && matches!(
                     e.row.cp_sync_status.as_deref(),
                     Some(SYNC_PENDING | SYNC_FAILED)
@@ -463,20 +523,22 @@ impl Registry {
         Ok(self.lock()?.store.remove_undeploy(seq)?)
     }
 
-    /// One API by id.
-    pub fn get(&self, id: &str) -> Result<Arc<ApiEntry>, RegistryError> {
+    /// One API of `kind` by id.
+    pub fn get(&self, kind: &str, id: &str) -> Result<Arc<ApiEntry>, RegistryError> {
         self.lock()?
             .apis
             .get(id)
+            .filter(|e| e.row.kind == kind)
             .cloned()
-            .ok_or_else(|| RegistryError::NotFound(format!("RestAPI with handle '{id}' not found")))
+            .ok_or_else(|| not_found(kind, id))
     }
 
-    fn api_uuid(st: &State, id: &str) -> Result<String, RegistryError> {
+    fn api_uuid(st: &State, kind: &str, id: &str) -> Result<String, RegistryError> {
         st.apis
             .get(id)
+            .filter(|e| e.row.kind == kind)
             .map(|e| e.row.uuid.clone())
-            .ok_or_else(|| RegistryError::NotFound(format!("API with handle '{id}' not found")))
+            .ok_or_else(|| not_found(kind, id))
     }
 
     fn find_key(st: &State, api_uuid: &str, key: &str) -> Result<Option<KeyRow>, RegistryError> {
@@ -501,13 +563,14 @@ impl Registry {
     /// Creates a key for API `id` on behalf of `user`, within `quota` active keys per user.
     pub fn create_key(
         &self,
+        kind: &str,
         id: &str,
         req: KeyRequest,
         user: &str,
         quota: u32,
     ) -> Result<IssuedKey, RegistryError> {
         let st = &mut *self.lock()?;
-        let api_uuid = Self::api_uuid(st, id)?;
+        let api_uuid = Self::api_uuid(st, kind, id)?;
         if Self::find_key(st, &api_uuid, &req.name)?.is_some() {
             return Err(RegistryError::Conflict(format!(
                 "API key '{}' already exists for API '{id}'",
@@ -548,17 +611,19 @@ impl Registry {
         })
     }
 
-    /// The keys of API `id`.
-    pub fn list_keys(&self, id: &str) -> Result<Vec<KeyRow>, RegistryError> {
+    /// The keys of API `id` of `kind`.
+    pub fn list_keys(&self, kind: &str, id: &str) -> Result<Vec<KeyRow>, RegistryError> {
         let st = self.lock()?;
-        let api_uuid = Self::api_uuid(&st, id)?;
+        let api_uuid = Self::api_uuid(&st, kind, id)?;
         Ok(st.store.keys_of(&api_uuid)?)
     }
 
     /// Replaces the value of key `key` (name or id) of API `id`. `expires_at` of `None` keeps the
     /// current expiry.
+    #[allow(clippy::too_many_arguments)]
     pub fn replace_key_value(
         &self,
+        kind: &str,
         id: &str,
         key: &str,
         value: &str,
@@ -567,7 +632,7 @@ impl Registry {
         quota: u32,
     ) -> Result<IssuedKey, RegistryError> {
         let st = &mut *self.lock()?;
-        let api_uuid = Self::api_uuid(st, id)?;
+        let api_uuid = Self::api_uuid(st, kind, id)?;
         let old = Self::find_key(st, &api_uuid, key)?.ok_or_else(|| {
             RegistryError::NotFound(format!("API key '{key}' not found for API '{id}'"))
         })?;
@@ -595,9 +660,9 @@ impl Registry {
     }
 
     /// Revokes key `key` (name or id) of API `id`; an unknown key of a known API is not an error.
-    pub fn revoke_key(&self, id: &str, key: &str) -> Result<(), RegistryError> {
+    pub fn revoke_key(&self, kind: &str, id: &str, key: &str) -> Result<(), RegistryError> {
         let st = &mut *self.lock()?;
-        let api_uuid = Self::api_uuid(st, id)?;
+        let api_uuid = Self::api_uuid(st, kind, id)?;
         if let Some(k) = Self::find_key(st, &api_uuid, key)? {
             st.store.delete_key(&k.uuid)?;
             self.republish_keys(st, id);
@@ -605,9 +670,15 @@ impl Registry {
         Ok(())
     }
 
-    /// Every API, newest first.
-    pub fn list(&self) -> Result<Vec<Arc<ApiEntry>>, RegistryError> {
-        let mut all: Vec<Arc<ApiEntry>> = self.lock()?.apis.values().cloned().collect();
+    /// Every API of `kind`, newest first.
+    pub fn list(&self, kind: &str) -> Result<Vec<Arc<ApiEntry>>, RegistryError> {
+        let mut all: Vec<Arc<ApiEntry>> = self
+            .lock()?
+            .apis
+            .values()
+            .filter(|e| e.row.kind == kind)
+            .cloned()
+            .collect();
         all.sort_by(|a, b| b.row.uuid.cmp(&a.row.uuid));
         Ok(all)
     }
@@ -635,7 +706,23 @@ mod tests {
 
     fn registry(queue: &SyncQueue) -> Registry {
         let store = Store::in_memory().unwrap();
-        Registry::open(store, XdsSettings::default(), Some(queue.clone())).unwrap()
+        let hub = Upstream {
+            scheme: gateway_xds::Scheme::Http,
+            host: "127.0.0.1".into(),
+            port: 9095,
+            base_path: String::new(),
+        };
+        let directory = Arc::new(Directory::new(Arc::new(
+            crate::websub::HubStore::in_memory().unwrap(),
+        )));
+        Registry::open(
+            store,
+            XdsSettings::default(),
+            Some(queue.clone()),
+            directory,
+            &hub,
+        )
+        .unwrap()
     }
 
     fn imported(id: &str, rev: &str) -> SyncOutcome {
@@ -656,7 +743,7 @@ mod tests {
         assert_eq!(synced.row.cp_sync_status.as_deref(), Some(SYNC_PENDING));
         r.record_sync(&synced, &imported("apim-a", "rev-1"))
             .unwrap();
-        let now = r.get("a").unwrap();
+        let now = r.get(REST_API, "a").unwrap();
         assert_eq!(now.row.cp_sync_status.as_deref(), Some("success"));
         assert_eq!(now.row.cp_artifact_id.as_deref(), Some("apim-a"));
         assert!(r.sync_entry("a").unwrap().is_none(), "nothing left to do");
@@ -668,7 +755,7 @@ mod tests {
         let synced = r.sync_entry("a").unwrap().unwrap();
         r.record_sync(&synced, &SyncOutcome::Failed("503".into()))
             .unwrap();
-        let now = r.get("a").unwrap();
+        let now = r.get(REST_API, "a").unwrap();
         assert_eq!(now.row.cp_sync_status.as_deref(), Some("failed"));
         assert_eq!(now.row.cp_sync_error.as_deref(), Some("503"));
         assert_eq!(now.row.cp_artifact_id.as_deref(), Some("apim-a"));
@@ -690,7 +777,7 @@ mod tests {
         r.update(v, d).unwrap();
         r.record_sync(&synced, &imported("apim-a", "rev-1"))
             .unwrap();
-        let now = r.get("a").unwrap();
+        let now = r.get(REST_API, "a").unwrap();
         assert_eq!(now.row.cp_sync_status.as_deref(), Some(SYNC_PENDING));
         assert_eq!(
             now.row.cp_artifact_id.as_deref(),
@@ -710,9 +797,9 @@ mod tests {
         let a = r.sync_entry("a").unwrap().unwrap();
         r.record_sync(&a, &imported("apim-a", "rev-1")).unwrap();
         let b = r.sync_entry("b").unwrap().unwrap();
-        r.delete("a").unwrap();
+        r.delete(REST_API, "a").unwrap();
         // b's import finished after b was deleted: its new revision must be undeployed too.
-        r.delete("b").unwrap();
+        r.delete(REST_API, "b").unwrap();
         r.record_sync(&b, &imported("apim-b", "rev-2")).unwrap();
         let undeploys: Vec<(String, String)> = r
             .pending_undeploys()

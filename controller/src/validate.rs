@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use gateway_xds::{ApiRoutes, Operation, PathPattern, Scheme, Upstream, route_key};
 
-use crate::model::{ApiRequest, DesiredState, PolicyRef, UpstreamRef};
+use crate::model::{ApiRequest, DesiredState, Metadata, PolicyRef, UpstreamRef};
 
 /// Accepted `apiVersion` values.
 pub const API_VERSIONS: [&str; 3] = [
@@ -40,6 +40,8 @@ pub struct ValidApi {
     pub route_keys: Vec<String>,
     /// The effective policy chain of each operation (same order as `routes.operations`).
     pub chains: Vec<Vec<ChainEntry>>,
+    /// The channels and event policies of a `WebSubApi`; `None` for a `RestApi`.
+    pub websub: Option<crate::websub::WebSubDef>,
 }
 
 impl ValidApi {
@@ -49,10 +51,11 @@ impl ValidApi {
     }
 }
 
-struct Errors(Vec<FieldError>);
+/// Problems found so far, each with its field path.
+pub(crate) struct Errors(pub(crate) Vec<FieldError>);
 
 impl Errors {
-    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             field: field.into(),
             message: message.into(),
@@ -174,7 +177,7 @@ fn check_upstream(
         .ok()
 }
 
-fn check_policies(policies: &[PolicyRef], at: &str, e: &mut Errors) -> Vec<Policy> {
+pub(crate) fn check_policies(policies: &[PolicyRef], at: &str, e: &mut Errors) -> Vec<Policy> {
     let mut parsed = Vec::new();
     for (i, p) in policies.iter().enumerate() {
         let field = format!("{at}[{i}]");
@@ -210,14 +213,26 @@ fn required<'a>(
     }
 }
 
-/// Validates a `RestApi` request. `path_name` is the `{id}` of a PUT: a body that names another
-/// API is rejected, a body without a name takes it.
-pub fn validate_rest_api(
-    req: &ApiRequest,
+/// The envelope fields every kind shares.
+pub(crate) struct Envelope<'a> {
+    /// `apiVersion`.
+    pub api_version: Option<&'a str>,
+    /// `kind`.
+    pub kind: Option<&'a str>,
+    /// `metadata`.
+    pub metadata: Option<&'a Metadata>,
+}
+
+/// Checks `apiVersion`, `kind` (must be `expected`) and `metadata`; returns the API's name.
+/// `path_name` is the `{id}` of a PUT: a body that names another API is rejected, a body without
+/// a name takes it.
+pub(crate) fn check_envelope(
+    env: &Envelope<'_>,
+    expected: &str,
     path_name: Option<&str>,
-) -> Result<ValidApi, Vec<FieldError>> {
-    let mut e = Errors(Vec::new());
-    match req.api_version.as_deref() {
+    e: &mut Errors,
+) -> Option<String> {
+    match env.api_version {
         None => e.add("apiVersion", "apiVersion is required"),
         Some(v) if API_VERSIONS.contains(&v) => {}
         Some(v) => e.add(
@@ -228,14 +243,13 @@ pub fn validate_rest_api(
             ),
         ),
     }
-    match req.kind.as_deref() {
-        Some("RestApi") => {}
+    match env.kind {
+        Some(k) if k == expected => {}
         None => e.add("kind", "Resource kind is required"),
-        Some(_) => e.add("kind", "Unsupported kind (must be 'RestApi')"),
+        Some(_) => e.add("kind", format!("Unsupported kind (must be '{expected}')")),
     }
-    let meta_name = req
+    let meta_name = env
         .metadata
-        .as_ref()
         .and_then(|m| m.name.clone())
         .filter(|n| !n.is_empty());
     let name = match (meta_name, path_name) {
@@ -258,7 +272,7 @@ pub fn validate_rest_api(
             "metadata.name must be 1-63 characters of letters, digits, '.', '_' or '-'",
         );
     }
-    if let Some(m) = &req.metadata {
+    if let Some(m) = env.metadata {
         for k in m
             .labels
             .keys()
@@ -270,15 +284,46 @@ pub fn validate_rest_api(
             );
         }
     }
-    let Some(spec) = &req.spec else {
-        e.add("spec", "spec is required");
-        return Err(e.0);
-    };
+    name
+}
+
+/// The spec fields every kind shares, as sent.
+pub(crate) struct CommonSpec<'a> {
+    /// `spec.displayName`.
+    pub display_name: &'a Option<String>,
+    /// `spec.version`.
+    pub version: &'a Option<String>,
+    /// `spec.context`.
+    pub context: &'a Option<String>,
+    /// Whether `spec.vhosts` was sent.
+    pub vhosts: bool,
+    /// `spec.desiredState`.
+    pub desired_state: Option<DesiredState>,
+    /// `spec.deploymentState`.
+    pub deployment_state: Option<DesiredState>,
+}
+
+/// The shared spec fields once checked (`None` where invalid).
+pub(crate) struct Common<'a> {
+    /// Display name.
+    pub display_name: Option<&'a str>,
+    /// Version.
+    pub version: Option<&'a str>,
+    /// Context as sent.
+    pub context_raw: Option<&'a str>,
+    /// Context with `$version` resolved.
+    pub context: Option<String>,
+    /// Requested state.
+    pub state: DesiredState,
+}
+
+/// Checks displayName, version, context, vhosts and the deployment state.
+pub(crate) fn check_common<'a>(spec: &CommonSpec<'a>, e: &mut Errors) -> Common<'a> {
     let display_name = required(
-        &spec.display_name,
+        spec.display_name,
         "spec.displayName",
         "API display name is required",
-        &mut e,
+        e,
     );
     if display_name.is_some_and(|d| !is_display_name(d)) {
         e.add(
@@ -286,21 +331,16 @@ pub fn validate_rest_api(
             "API display name must be 1-100 characters: letters, numbers, spaces, hyphens, underscores and dots",
         );
     }
-    let version = required(
-        &spec.version,
-        "spec.version",
-        "API version is required",
-        &mut e,
-    );
+    let version = required(spec.version, "spec.version", "API version is required", e);
     if version.is_some_and(|v| !is_version(v)) {
         e.add(
             "spec.version",
             "API version must follow semantic versioning pattern (e.g., v1, v1.0, 1.0.0)",
         );
     }
-    let context_raw = required(&spec.context, "spec.context", "Context is required", &mut e);
-    let context = context_raw.and_then(|c| check_context(c, version.unwrap_or(""), &mut e));
-    if spec.vhosts.is_some() {
+    let context_raw = required(spec.context, "spec.context", "Context is required", e);
+    let context = context_raw.and_then(|c| check_context(c, version.unwrap_or(""), e));
+    if spec.vhosts {
         e.add(
             "spec.vhosts",
             "vhosts are not supported yet; remove the field to serve on every host",
@@ -316,6 +356,53 @@ pub fn validate_rest_api(
         }
         (a, b) => a.or(b).unwrap_or(DesiredState::Deployed),
     };
+    Common {
+        display_name,
+        version,
+        context_raw,
+        context,
+        state,
+    }
+}
+
+/// Validates a `RestApi` request. `path_name` is the `{id}` of a PUT: a body that names another
+/// API is rejected, a body without a name takes it.
+pub fn validate_rest_api(
+    req: &ApiRequest,
+    path_name: Option<&str>,
+) -> Result<ValidApi, Vec<FieldError>> {
+    let mut e = Errors(Vec::new());
+    let name = check_envelope(
+        &Envelope {
+            api_version: req.api_version.as_deref(),
+            kind: req.kind.as_deref(),
+            metadata: req.metadata.as_ref(),
+        },
+        "RestApi",
+        path_name,
+        &mut e,
+    );
+    let Some(spec) = &req.spec else {
+        e.add("spec", "spec is required");
+        return Err(e.0);
+    };
+    let Common {
+        display_name,
+        version,
+        context_raw,
+        context,
+        state,
+    } = check_common(
+        &CommonSpec {
+            display_name: &spec.display_name,
+            version: &spec.version,
+            context: &spec.context,
+            vhosts: spec.vhosts.is_some(),
+            desired_state: spec.desired_state,
+            deployment_state: spec.deployment_state,
+        },
+        &mut e,
+    );
     let main = match &spec.upstream {
         None => {
             e.add("spec.upstream.main.url", "Upstream URL is required");
@@ -420,6 +507,7 @@ pub fn validate_rest_api(
         state,
         route_keys,
         chains,
+        websub: None,
     })
 }
 

@@ -27,8 +27,10 @@ pub const METADATA_NAMESPACE: &str = "gateway";
 /// The attribute Envoy sends with the route's name.
 pub const ROUTE_ATTRIBUTE: &str = "xds.route_name";
 
-const UNAUTHORIZED: &str = r#"{"error":"Unauthorized","message":"Valid API key required"}"#;
-const TOO_MANY: &str =
+/// Body of a refusal for a missing or invalid API key.
+pub const UNAUTHORIZED: &str = r#"{"error":"Unauthorized","message":"Valid API key required"}"#;
+/// Body of a refusal over a rate limit.
+pub const TOO_MANY: &str =
     r#"{"error":"Too Many Requests","message":"Rate limit exceeded. Please try again later."}"#;
 const UNCONFIGURED: &str =
     r#"{"error":"Service Unavailable","message":"Policies for this route are not loaded yet"}"#;

@@ -4,6 +4,7 @@
 
 pub mod fake_apim;
 pub mod stats;
+pub mod subscriber;
 pub mod upstream;
 pub mod wrk;
 
@@ -94,6 +95,10 @@ pub struct GatewayConfig {
     pub managed_data_plane: bool,
     /// Envoy worker threads.
     pub envoy_concurrency: u32,
+    /// WebSub hub port.
+    pub websub_port: u16,
+    /// Extra `key = value` lines of the `[websub]` table.
+    pub websub_toml: String,
     /// Extra TOML appended to the generated config.
     pub extra_toml: String,
 }
@@ -116,6 +121,8 @@ impl GatewayConfig {
             engine_port: free_port(),
             managed_data_plane: true,
             envoy_concurrency: 1,
+            websub_port: free_port(),
+            websub_toml: String::new(),
             extra_toml: String::new(),
         }
     }
@@ -159,6 +166,9 @@ listener_port = {router}
 admin_port = {admin}
 managed = {managed}
 concurrency = {concurrency}
+[websub]
+port = {websub}
+{websub_extra}
 {extra}
 "#,
             mgmt = self.mgmt_port,
@@ -170,6 +180,8 @@ concurrency = {concurrency}
             policy = self.policy_port,
             engine = self.engine_port,
             concurrency = self.envoy_concurrency,
+            websub = self.websub_port,
+            websub_extra = self.websub_toml,
             extra = self.extra_toml,
         )
     }

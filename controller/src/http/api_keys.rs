@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::body::read_optional_document;
 use super::error::ApiError;
-use super::{AppState, Caller, KEY_ROLES, blocking, path_params};
+use super::{AppState, Caller, KEY_ROLES, ResourceKind, blocking, path_params};
 use crate::keys::{self, ExpiresIn};
 use crate::registry::{IssuedKey, KeyRequest, key_active, now};
 use crate::store::KeyRow;
@@ -123,6 +123,7 @@ fn issued(api: &str, k: &IssuedKey, shown: &str, message: &str) -> Value {
 /// `POST /{kind}/{id}/api-keys`.
 pub async fn create(
     State(st): State<AppState>,
+    kind: ResourceKind,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -170,7 +171,7 @@ pub async fn create(
     };
     let target = id.clone();
     let k = blocking(&st.registry, move |r| {
-        r.create_key(&target, request, &user, quota)
+        r.create_key(kind.0, &target, request, &user, quota)
     })
     .await?;
     Ok((
@@ -182,13 +183,14 @@ pub async fn create(
 /// `GET /{kind}/{id}/api-keys`.
 pub async fn list(
     State(st): State<AppState>,
+    kind: ResourceKind,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(KEY_ROLES)?;
     let id: String = path_params(id)?;
     let target = id.clone();
-    let all = blocking(&st.registry, move |r| r.list_keys(&target)).await?;
+    let all = blocking(&st.registry, move |r| r.list_keys(kind.0, &target)).await?;
     let keys: Vec<Value> = all.iter().map(|k| key_json(&id, k, &k.masked)).collect();
     Ok(Json(
         json!({"status": "success", "totalCount": keys.len(), "apiKeys": keys}),
@@ -198,6 +200,7 @@ pub async fn list(
 /// `POST /{kind}/{id}/api-keys/{key}/regenerate`.
 pub async fn regenerate(
     State(st): State<AppState>,
+    kind: ResourceKind,
     caller: Caller,
     p: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
@@ -210,7 +213,7 @@ pub async fn regenerate(
     let value = generated_key()?;
     let (shown, quota, target) = (value.clone(), st.key_quota, id.clone());
     let k = blocking(&st.registry, move |r| {
-        r.replace_key_value(&target, &key, &value, "local", expires_at, quota)
+        r.replace_key_value(kind.0, &target, &key, &value, "local", expires_at, quota)
     })
     .await?;
     Ok(Json(issued(
@@ -224,6 +227,7 @@ pub async fn regenerate(
 /// `PUT /{kind}/{id}/api-keys/{key}`: sets a caller-supplied value.
 pub async fn update(
     State(st): State<AppState>,
+    kind: ResourceKind,
     caller: Caller,
     p: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
@@ -239,7 +243,7 @@ pub async fn update(
     let expires_at = expiry(req.expires_at.as_deref(), req.expires_in.as_ref())?;
     let (quota, target) = (st.key_quota, id.clone());
     let k = blocking(&st.registry, move |r| {
-        r.replace_key_value(&target, &key, &value, "external", expires_at, quota)
+        r.replace_key_value(kind.0, &target, &key, &value, "external", expires_at, quota)
     })
     .await?;
     let masked = k.row.masked.clone();
@@ -254,12 +258,13 @@ pub async fn update(
 /// `DELETE /{kind}/{id}/api-keys/{key}`.
 pub async fn revoke(
     State(st): State<AppState>,
+    kind: ResourceKind,
     caller: Caller,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(KEY_ROLES)?;
     let (id, key): (String, String) = path_params(p)?;
-    blocking(&st.registry, move |r| r.revoke_key(&id, &key)).await?;
+    blocking(&st.registry, move |r| r.revoke_key(kind.0, &id, &key)).await?;
     Ok(Json(
         json!({"status": "success", "message": "API key revoked successfully"}),
     ))

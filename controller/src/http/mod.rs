@@ -1,14 +1,14 @@
 //! The management REST API: routes on the three base paths, authentication, and fallbacks.
 
 pub mod api_keys;
+pub mod apis;
 pub mod body;
 pub mod error;
-pub mod rest_apis;
 
 use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{FromRequestParts, MatchedPath, Path};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri, header};
 use axum::routing::{get, post, put};
@@ -16,7 +16,8 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::auth::{AuthError, Authenticator, Principal, Role};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{REST_API, Registry, RegistryError};
+use crate::websub::WEBSUB_API;
 use error::ApiError;
 
 /// Roles that may manage API definitions.
@@ -38,6 +39,8 @@ pub struct AppState {
     pub max_body: usize,
     /// Active API keys one user may hold per API.
     pub key_quota: u32,
+    /// Where Envoy reaches the WebSub hub.
+    pub hub: gateway_xds::Upstream,
 }
 
 /// The authenticated caller of a management request.
@@ -86,6 +89,22 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The kind of API a request addresses (`RestApi` under `/rest-apis`, `WebSubApi` under
+/// `/websub-apis`), for handlers both share.
+pub struct ResourceKind(pub &'static str);
+
+impl<S: Send + Sync> FromRequestParts<S> for ResourceKind {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let websub = parts
+            .extensions
+            .get::<MatchedPath>()
+            .is_some_and(|p| p.as_str().contains("/websub-apis"));
+        Ok(Self(if websub { WEBSUB_API } else { REST_API }))
+    }
+}
+
 /// Runs a registry operation off the async runtime (it takes a lock and may write SQLite).
 pub async fn blocking<T: Send + 'static>(
     registry: &Arc<Registry>,
@@ -129,7 +148,7 @@ async fn method_not_allowed() -> ApiError {
 
 fn management_routes() -> Router<AppState> {
     Router::new()
-        .route("/rest-apis", get(rest_apis::list).post(rest_apis::create))
+        .route("/rest-apis", get(apis::list).post(apis::create))
         .route(
             "/rest-apis/{id}/api-keys",
             get(api_keys::list).post(api_keys::create),
@@ -144,9 +163,24 @@ fn management_routes() -> Router<AppState> {
         )
         .route(
             "/rest-apis/{id}",
-            get(rest_apis::get)
-                .put(rest_apis::update)
-                .delete(rest_apis::delete),
+            get(apis::get).put(apis::update).delete(apis::delete),
+        )
+        .route("/websub-apis", get(apis::list).post(apis::create))
+        .route(
+            "/websub-apis/{id}/api-keys",
+            get(api_keys::list).post(api_keys::create),
+        )
+        .route(
+            "/websub-apis/{id}/api-keys/{key}",
+            put(api_keys::update).delete(api_keys::revoke),
+        )
+        .route(
+            "/websub-apis/{id}/api-keys/{key}/regenerate",
+            post(api_keys::regenerate),
+        )
+        .route(
+            "/websub-apis/{id}",
+            get(apis::get).put(apis::update).delete(apis::delete),
         )
 }
 

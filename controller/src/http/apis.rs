@@ -1,4 +1,5 @@
-//! `/rest-apis` handlers: create, list, get, update, delete.
+//! The definition endpoints of both kinds, `/rest-apis` and `/websub-apis`: create, list, get,
+//! update, delete. Only parsing and the rendering of top-level fields differ by kind.
 
 use axum::Json;
 use axum::body::Body;
@@ -9,21 +10,39 @@ use serde_json::{Map, Value, json};
 
 use super::body::read_document;
 use super::error::ApiError;
-use super::{AppState, Caller, DEFINITION_ROLES, blocking, path_params};
+use super::{AppState, Caller, DEFINITION_ROLES, ResourceKind, blocking, path_params};
 use crate::model::ApiRequest;
-use crate::registry::ApiEntry;
+use crate::registry::{ApiEntry, REST_API};
 use crate::validate::{FieldError, ValidApi, validate_rest_api};
+use crate::websub::model::WebSubApiRequest;
+use crate::websub::{WEBSUB_API, validate_websub_api};
 
-/// Parses and validates a request document; returns the validated API and the envelope to store.
-fn parse_rest_api(doc: Value, path_name: Option<&str>) -> Result<(ValidApi, String), ApiError> {
-    let req: ApiRequest = serde_path_to_error::deserialize(&doc).map_err(|e| {
+fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
         let field = e.path().to_string();
         ApiError::validation(vec![FieldError {
             field: if field == "." { "body".into() } else { field },
             message: e.into_inner().to_string(),
         }])
-    })?;
-    let valid = validate_rest_api(&req, path_name).map_err(ApiError::validation)?;
+    })
+}
+
+/// Parses and validates a request document of `kind`; returns the validated API and the
+/// envelope to store.
+fn parse(
+    st: &AppState,
+    kind: &str,
+    doc: Value,
+    path_name: Option<&str>,
+) -> Result<(ValidApi, String), ApiError> {
+    let valid = if kind == WEBSUB_API {
+        let req: WebSubApiRequest = typed(&doc)?;
+        validate_websub_api(&req, path_name, &st.hub)
+    } else {
+        let req: ApiRequest = typed(&doc)?;
+        validate_rest_api(&req, path_name)
+    }
+    .map_err(ApiError::validation)?;
     let mut envelope = Map::new();
     for key in ["apiVersion", "kind", "metadata", "spec"] {
         if let Some(v) = doc.get(key) {
@@ -37,8 +56,8 @@ fn parse_rest_api(doc: Value, path_name: Option<&str>) -> Result<(ValidApi, Stri
     Ok((valid, Value::Object(envelope).to_string()))
 }
 
-/// The resource as answered: the envelope as sent, the `status` block and the bottom-up guide's
-/// top-level fields.
+/// The resource as answered: the envelope as sent and the `status` block; a REST API also
+/// carries the bottom-up guide's top-level fields.
 pub fn render(e: &ApiEntry) -> Value {
     let r = &e.row;
     let mut v: Value = serde_json::from_str(&r.definition).unwrap_or_else(|_| json!({}));
@@ -50,8 +69,11 @@ pub fn render(e: &ApiEntry) -> Value {
     if let Some(d) = &r.deployed_at {
         status["deployedAt"] = json!(d);
     }
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("status".into(), status);
+    let Some(obj) = v.as_object_mut() else {
+        return v;
+    };
+    obj.insert("status".into(), status);
+    if r.kind == REST_API {
         obj.insert("uuid".into(), json!(r.uuid));
         obj.insert("displayName".into(), json!(r.display_name));
         obj.insert("version".into(), json!(r.version));
@@ -74,23 +96,25 @@ pub fn render(e: &ApiEntry) -> Value {
     v
 }
 
-/// `POST /rest-apis`.
+/// `POST /rest-apis`, `POST /websub-apis`.
 pub async fn create(
     State(st): State<AppState>,
+    ResourceKind(kind): ResourceKind,
     caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(DEFINITION_ROLES)?;
     let doc = read_document(&headers, body, st.max_body).await?;
-    let (valid, definition) = parse_rest_api(doc, None)?;
+    let (valid, definition) = parse(&st, kind, doc, None)?;
     let entry = blocking(&st.registry, move |r| r.create(valid, definition)).await?;
     Ok((StatusCode::CREATED, Json(render(&entry))))
 }
 
-/// `PUT /rest-apis/{id}`.
+/// `PUT /{kind}/{id}`.
 pub async fn update(
     State(st): State<AppState>,
+    ResourceKind(kind): ResourceKind,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -101,36 +125,43 @@ pub async fn update(
     let doc = read_document(&headers, body, st.max_body).await?;
     // An unknown id is a 404 even when the body is also invalid.
     let target = id.clone();
-    blocking(&st.registry, move |r| r.get(&target)).await?;
-    let (valid, definition) = parse_rest_api(doc, Some(&id))?;
+    blocking(&st.registry, move |r| r.get(kind, &target)).await?;
+    let (valid, definition) = parse(&st, kind, doc, Some(&id))?;
     let entry = blocking(&st.registry, move |r| r.update(valid, definition)).await?;
     Ok(Json(render(&entry)))
 }
 
-/// `GET /rest-apis/{id}`.
+/// `GET /{kind}/{id}`.
 pub async fn get(
     State(st): State<AppState>,
+    ResourceKind(kind): ResourceKind,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(DEFINITION_ROLES)?;
     let id = path_params::<String>(id)?;
-    let entry = blocking(&st.registry, move |r| r.get(&id)).await?;
+    let entry = blocking(&st.registry, move |r| r.get(kind, &id)).await?;
     Ok(Json(render(&entry)))
 }
 
-/// `DELETE /rest-apis/{id}`.
+/// `DELETE /{kind}/{id}`.
 pub async fn delete(
     State(st): State<AppState>,
+    ResourceKind(kind): ResourceKind,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(DEFINITION_ROLES)?;
     let id = path_params::<String>(id)?;
     let target = id.clone();
-    blocking(&st.registry, move |r| r.delete(&target)).await?;
+    blocking(&st.registry, move |r| r.delete(kind, &target)).await?;
+    let label = if kind == WEBSUB_API {
+        "WebSubAPI"
+    } else {
+        "RestAPI"
+    };
     Ok(Json(
-        json!({"status": "success", "message": "RestAPI deleted successfully", "id": id}),
+        json!({"status": "success", "message": format!("{label} deleted successfully"), "id": id}),
     ))
 }
 
@@ -145,9 +176,10 @@ fn matches(e: &ApiEntry, key: &str, want: &str) -> bool {
     }
 }
 
-/// `GET /rest-apis?displayName=&version=&context=&status=`.
+/// `GET /{kind}?displayName=&version=&context=&status=`.
 pub async fn list(
     State(st): State<AppState>,
+    ResourceKind(kind): ResourceKind,
     caller: Caller,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
@@ -156,7 +188,7 @@ pub async fn list(
         url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-    let all = blocking(&st.registry, |r| r.list()).await?;
+    let all = blocking(&st.registry, move |r| r.list(kind)).await?;
     let apis: Vec<Value> = all
         .iter()
         .filter(|e| filters.iter().all(|(k, v)| matches(e, k, v)))

@@ -1,0 +1,455 @@
+//! The hub's HTTP side, behind Envoy: `POST /websub/{api}/hub` (subscribe and unsubscribe, answered
+//! 202 before the asynchronous verification of intent) and `POST /websub/{api}/webhook-receiver`
+//! (a publisher's event, answered 202 once stored). Envoy maps `{context}/hub` and
+//! `{context}/webhook-receiver` of each deployed WebSub API onto these paths.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use gateway_policy_engine::chain::{RequestView, Verdict};
+use gateway_policy_engine::extproc::{TOO_MANY, UNAUTHORIZED, rate_headers};
+use rand::RngCore;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tracing::{debug, error, info};
+
+use super::delivery::Deliverer;
+use super::store::Intent;
+use super::{Directory, Event, HubApi};
+use crate::config::WebSubConfig;
+
+/// Longest subscription request read.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+/// `hub.secret` must be shorter than this (W3C WebSub).
+const MAX_SECRET_BYTES: usize = 200;
+
+/// The hub: the directory of APIs, the store, and the deliverer.
+pub struct Hub {
+    directory: Arc<Directory>,
+    deliverer: Arc<Deliverer>,
+    http: reqwest::Client,
+    config: WebSubConfig,
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"error": reason, "message": message.into()}).to_string(),
+    )
+        .into_response()
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"error":"Not Found"}"#,
+    )
+        .into_response()
+}
+
+fn refusal(v: &Verdict) -> Option<Response> {
+    match v {
+        Verdict::Allow { .. } => None,
+        Verdict::Unauthorized => Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::CONTENT_TYPE, "application/json")],
+                UNAUTHORIZED,
+            )
+                .into_response(),
+        ),
+        Verdict::TooManyRequests(r) => {
+            let mut resp = (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::CONTENT_TYPE, "application/json")],
+                TOO_MANY,
+            )
+                .into_response();
+            let headers = resp.headers_mut();
+            for (k, v) in rate_headers(r, now_secs().max(0) as u64)
+                .into_iter()
+                .chain([("retry-after", r.retry_after_secs.to_string())])
+            {
+                if let Ok(v) = v.parse() {
+                    headers.insert(k, v);
+                }
+            }
+            Some(resp)
+        }
+    }
+}
+
+fn header_pairs(h: &HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
+/// Scheme and host the client used, as Envoy passes them on.
+fn base_url(h: &HeaderMap) -> String {
+    let scheme = h
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| *s == "https" || *s == "http")
+        .unwrap_or("http");
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}")
+}
+
+fn path_and_query(api: &HubApi, tail: &str, query: &Option<String>) -> String {
+    match query {
+        Some(q) => format!("{}{tail}?{q}", api.context),
+        None => format!("{}{tail}", api.context),
+    }
+}
+
+impl Hub {
+    /// A hub over `directory`, resuming interrupted verifications and deliveries.
+    pub fn start(directory: Arc<Directory>, config: WebSubConfig) -> Arc<Self> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(32)
+            .build()
+            .unwrap_or_default();
+        let deliverer = Deliverer::new(directory.clone(), http.clone(), &config);
+        let hub = Arc::new(Self {
+            directory,
+            deliverer,
+            http,
+            config,
+        });
+        match hub.directory.store().subscriptions() {
+            Ok(subs) => {
+                for s in subs {
+                    hub.deliverer.ensure(s.id);
+                }
+            }
+            Err(e) => error!(error = %e, "cannot resume WebSub deliveries"),
+        }
+        match hub.directory.store().intents() {
+            Ok(intents) => {
+                for i in intents {
+                    tokio::spawn(hub.clone().verify(i));
+                }
+            }
+            Err(e) => error!(error = %e, "cannot resume WebSub verifications"),
+        }
+        hub
+    }
+
+    /// Serves the hub on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = Router::new()
+            .route("/websub/{api}/hub", post(subscription))
+            .route("/websub/{api}/webhook-receiver", post(publish))
+            .fallback(|| async { not_found() })
+            .with_state(self);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Verifies intent with a GET to the callback; applies the request if the challenge comes back.
+    async fn verify(self: Arc<Self>, intent: Intent) {
+        let mut challenge = [0u8; 32];
+        rand::rng().fill_bytes(&mut challenge);
+        let challenge = hex::encode(challenge);
+        let verified = match url::Url::parse(&intent.callback) {
+            Ok(mut url) => {
+                {
+                    let mut q = url.query_pairs_mut();
+                    q.append_pair("hub.mode", &intent.mode)
+                        .append_pair("hub.topic", &intent.channel)
+                        .append_pair("hub.challenge", &challenge);
+                    if intent.mode == "subscribe" {
+                        q.append_pair("hub.lease_seconds", &intent.lease_seconds.to_string());
+                    }
+                }
+                let answer = self
+                    .http
+                    .get(url)
+                    .timeout(Duration::from_millis(self.config.verification_timeout_ms))
+                    .send()
+                    .await;
+                match answer {
+                    Ok(r) if r.status().is_success() => {
+                        r.text().await.is_ok_and(|body| body == challenge)
+                    }
+                    Ok(r) => {
+                        debug!(
+                            callback = intent.callback,
+                            status = r.status().as_u16(),
+                            "verification refused"
+                        );
+                        false
+                    }
+                    Err(e) => {
+                        debug!(callback = intent.callback, error = %e, "verification failed");
+                        false
+                    }
+                }
+            }
+            Err(_) => false,
+        };
+        let store = self.directory.store().clone();
+        let i = intent.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            if verified {
+                store.apply_intent(&i, now_secs()).map(Some)
+            } else {
+                store.drop_intent(i.id).map(|_| None)
+            }
+        })
+        .await;
+        match applied {
+            Ok(Ok(Some(Some(id)))) => {
+                info!(
+                    channel = intent.channel,
+                    callback = intent.callback,
+                    mode = intent.mode,
+                    "WebSub intent verified"
+                );
+                if intent.mode == "subscribe" {
+                    self.deliverer.ensure(id);
+                } else {
+                    self.deliverer.wake(id);
+                }
+            }
+            Ok(Ok(Some(None))) => {
+                info!(
+                    channel = intent.channel,
+                    callback = intent.callback,
+                    "unsubscribed a callback that had no subscription"
+                );
+            }
+            Ok(Ok(None)) => {
+                info!(
+                    channel = intent.channel,
+                    callback = intent.callback,
+                    mode = intent.mode,
+                    "WebSub intent not verified; request dropped"
+                );
+            }
+            Ok(Err(e)) => error!(error = %e, "cannot record a WebSub verification"),
+            Err(e) => error!(error = %e, "WebSub verification task failed"),
+        }
+    }
+}
+
+/// `POST /websub/{api}/hub`: `hub.mode`, `hub.topic`, `hub.callback`, `hub.secret`,
+/// `hub.lease_seconds`, form-encoded.
+async fn subscription(
+    State(hub): State<Arc<Hub>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(api) = hub.directory.by_name(&name) else {
+        return not_found();
+    };
+    let Ok(bytes) = to_bytes(body, MAX_FORM_BYTES).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "subscription request too large",
+        );
+    };
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&bytes)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let (mode, event) = match field("hub.mode") {
+        None => return error(StatusCode::BAD_REQUEST, "hub.mode is required"),
+        Some("subscribe") => ("subscribe", Event::Subscribe),
+        Some("unsubscribe") => ("unsubscribe", Event::Unsubscribe),
+        Some(m) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown hub.mode '{m}' (use subscribe or unsubscribe)"),
+            );
+        }
+    };
+    let Some(channel) = field("hub.topic").filter(|t| !t.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "hub.topic is required");
+    };
+    if !api.channels.contains(channel) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown channel '{channel}'"),
+        );
+    }
+    let h = header_pairs(&headers);
+    let path = path_and_query(&api, "/hub", &query);
+    let verdict = hub.directory.decide(
+        &api.name,
+        event,
+        channel,
+        RequestView {
+            headers: &h,
+            path: &path,
+        },
+    );
+    if let Some(r) = refusal(&verdict) {
+        return r;
+    }
+    let Some(callback) = field("hub.callback").filter(|c| !c.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "hub.callback is required");
+    };
+    match url::Url::parse(callback) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "hub.callback must be an absolute http or https URL",
+            );
+        }
+    }
+    let secret = field("hub.secret").filter(|s| !s.is_empty());
+    if secret.is_some_and(|s| s.len() >= MAX_SECRET_BYTES) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("hub.secret must be shorter than {MAX_SECRET_BYTES} bytes"),
+        );
+    }
+    let lease = match field("hub.lease_seconds").filter(|l| !l.is_empty()) {
+        None => hub.config.default_lease_seconds,
+        Some(l) => match l.parse::<u64>() {
+            Ok(n) if n > 0 => n.min(hub.config.max_lease_seconds),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "hub.lease_seconds must be a positive integer",
+                );
+            }
+        },
+    };
+    let mut intent = Intent {
+        id: 0,
+        api_uuid: api.uuid.clone(),
+        channel: channel.to_string(),
+        callback: callback.to_string(),
+        mode: mode.to_string(),
+        secret: secret.map(str::to_string),
+        lease_seconds: lease as i64,
+        base_url: base_url(&headers),
+    };
+    let store = hub.directory.store().clone();
+    let stored = intent.clone();
+    match tokio::task::spawn_blocking(move || store.add_intent(&stored, now_secs())).await {
+        Ok(Ok(id)) => intent.id = id,
+        Ok(Err(e)) => {
+            error!(error = %e, "cannot store a WebSub request");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the hub cannot store requests right now",
+            );
+        }
+        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"),
+    }
+    tokio::spawn(hub.clone().verify(intent));
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// `POST /websub/{api}/webhook-receiver?topic=<channel>`: a publisher's event.
+async fn publish(
+    State(hub): State<Arc<Hub>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(api) = hub.directory.by_name(&name) else {
+        return not_found();
+    };
+    let topic = url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "topic")
+        .map(|(_, v)| v.into_owned())
+        .filter(|t| !t.is_empty());
+    let Some(channel) = topic else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameter 'topic' is required",
+        );
+    };
+    if !api.channels.contains(&channel) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown channel '{channel}'"),
+        );
+    }
+    let h = header_pairs(&headers);
+    let path = path_and_query(&api, "/webhook-receiver", &query);
+    let verdict = hub.directory.decide(
+        &api.name,
+        Event::Receive,
+        &channel,
+        RequestView {
+            headers: &h,
+            path: &path,
+        },
+    );
+    if let Some(r) = refusal(&verdict) {
+        return r;
+    }
+    let Ok(bytes) = to_bytes(body, hub.config.max_body_bytes).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("events are limited to {} bytes", hub.config.max_body_bytes),
+        );
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let store = hub.directory.store().clone();
+    let uuid = api.uuid.clone();
+    let ch = channel.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        store.publish(&uuid, &ch, &content_type, &bytes, now_secs())
+    })
+    .await;
+    match stored {
+        Ok(Ok(subscribers)) => {
+            debug!(
+                api = api.name,
+                channel,
+                subscribers = subscribers.len(),
+                "event stored"
+            );
+            for id in subscribers {
+                hub.deliverer.wake(id);
+            }
+            StatusCode::ACCEPTED.into_response()
+        }
+        Ok(Err(e)) => {
+            error!(error = %e, "cannot store a WebSub event");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the hub cannot store events right now",
+            )
+        }
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"),
+    }
+}
