@@ -26,7 +26,7 @@ use crate::registry::Registry;
 use crate::store::Store;
 use crate::sync::SyncQueue;
 use crate::websub::hub::Hub;
-use crate::websub::{Directory, HubStore};
+use crate::websub::{Directory, HubStore, WEBSUB_API};
 
 /// How long open management requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -121,6 +121,19 @@ pub async fn run(
         directory.clone(),
         &hub_upstream,
     )?);
+    let websub_apis: std::collections::HashSet<String> = registry
+        .list(WEBSUB_API)?
+        .iter()
+        .map(|e| e.row.uuid.clone())
+        .collect();
+    match directory.store().retain_apis(&websub_apis) {
+        Ok(0) => {}
+        Ok(n) => info!(
+            apis = n,
+            "forgot the hub state of WebSub APIs deleted before a crash"
+        ),
+        Err(e) => warn!(error = %e, "cannot clean up the hub state of deleted WebSub APIs"),
+    }
 
     let xds_listener = bind(
         &config.controller.xds.host,

@@ -315,6 +315,9 @@ pub fn operation_routes(
                 host_rewrite_specifier: Some(HostRewriteSpecifier::AutoHostRewrite(BoolValue {
                     value: true,
                 })),
+                // The upstream still learns the host the client asked for (the WebSub hub builds
+                // its Link headers from it).
+                append_x_forwarded_host: true,
                 timeout: Some(timeout),
                 ..Default::default()
             };

@@ -55,6 +55,11 @@ pub fn link(base_url: &str, context: &str, channel: &str) -> String {
     )
 }
 
+/// A callback URL for logs: without its query string, which may carry credentials.
+pub fn callback_label(callback: &str) -> &str {
+    callback.split(['?', '#']).next().unwrap_or(callback)
+}
+
 /// Wait before attempt `failed + 1` after `failed` failures.
 fn backoff(initial: Duration, max: Duration, failed: i64) -> Duration {
     let doublings = failed.saturating_sub(1).clamp(0, 30) as u32;
@@ -73,6 +78,26 @@ async fn db<T: Send + 'static>(
             None
         }
         Err(_) => None,
+    }
+}
+
+/// A delivery task's entry in the worker map, removed when the task ends, even by a panic, so
+/// that [`Deliverer::ensure`] starts a new one.
+struct Registration {
+    deliverer: Arc<Deliverer>,
+    id: i64,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut workers = self.deliverer.workers();
+        if workers
+            .get(&self.id)
+            .is_some_and(|n| Arc::ptr_eq(n, &self.notify))
+        {
+            workers.remove(&self.id);
+        }
     }
 }
 
@@ -123,6 +148,11 @@ impl Deliverer {
     }
 
     async fn run(self: Arc<Self>, id: i64, notify: Arc<Notify>) {
+        let registration = Registration {
+            deliverer: self.clone(),
+            id,
+            notify: notify.clone(),
+        };
         loop {
             match self.step(id).await {
                 Step::Next => {}
@@ -132,12 +162,7 @@ impl Deliverer {
                 Step::Done => break,
             }
         }
-        {
-            let mut workers = self.workers();
-            if workers.get(&id).is_some_and(|n| Arc::ptr_eq(n, &notify)) {
-                workers.remove(&id);
-            }
-        }
+        drop(registration);
         // Subscribed again while this task was ending: hand over to a new task.
         let store = self.directory.store().clone();
         if db(&store, move |s| s.subscription(id))
@@ -159,17 +184,23 @@ impl Deliverer {
         };
         let now = chrono::Utc::now().timestamp();
         if sub.expires_at <= now {
-            info!(
-                channel = sub.channel,
-                callback = sub.callback,
-                "WebSub lease expired"
-            );
-            db(&store, move |s| s.remove_subscription(id)).await;
-            return Step::Done;
+            // A renewal may land meanwhile: only an expired row is removed.
+            return match db(&store, move |s| s.remove_expired(id, now)).await {
+                Some(true) => {
+                    info!(channel = sub.channel, callback = %callback_label(&sub.callback), "WebSub lease expired");
+                    Step::Done
+                }
+                _ => Step::Next,
+            };
         }
         let Some(api) = self.directory.by_uuid(&sub.api_uuid) else {
             return Step::Idle(PAUSED_POLL);
         };
+        if !api.channels.contains(&sub.channel) {
+            info!(channel = sub.channel, callback = %callback_label(&sub.callback), "WebSub channel removed from its API; subscription ended");
+            db(&store, move |s| s.remove_subscription(id)).await;
+            return Step::Done;
+        }
         let Some(next) = db(&store, move |s| s.next_delivery(id)).await else {
             return Step::Idle(PAUSED_POLL);
         };
@@ -191,7 +222,7 @@ impl Deliverer {
         if !matches!(verdict, Verdict::Allow { .. }) {
             debug!(
                 channel = sub.channel,
-                callback = sub.callback,
+                callback = %callback_label(&sub.callback),
                 seq,
                 "delivery policy dropped an event"
             );
@@ -208,7 +239,7 @@ impl Deliverer {
                 if failed >= self.max_attempts {
                     warn!(
                         channel = sub.channel,
-                        callback = sub.callback,
+                        callback = %callback_label(&sub.callback),
                         seq,
                         attempts = failed,
                         error = why,
@@ -219,7 +250,7 @@ impl Deliverer {
                 }
                 debug!(
                     channel = sub.channel,
-                    callback = sub.callback,
+                    callback = %callback_label(&sub.callback),
                     seq,
                     attempts = failed,
                     error = why,
@@ -271,6 +302,15 @@ mod tests {
             link("http://gw:8080", "/events/v1", "a b"),
             "<http://gw:8080/events/v1/hub>; rel=\"hub\", <http://gw:8080/events/v1/webhook-receiver?topic=a+b>; rel=\"self\""
         );
+    }
+
+    #[test]
+    fn callbacks_are_logged_without_their_query() {
+        assert_eq!(
+            callback_label("https://s.example/cb?token=x"),
+            "https://s.example/cb"
+        );
+        assert_eq!(callback_label("http://s/cb"), "http://s/cb");
     }
 
     #[test]

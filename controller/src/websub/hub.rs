@@ -20,14 +20,14 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::{debug, error, info};
 
-use super::delivery::Deliverer;
+use super::delivery::{Deliverer, callback_label};
 use super::store::Intent;
 use super::{Directory, Event, HubApi};
 use crate::config::WebSubConfig;
 
 /// Longest subscription request read.
 const MAX_FORM_BYTES: usize = 64 * 1024;
-/// `hub.secret` must be shorter than this (W3C WebSub).
+/// Longest `hub.secret` accepted, in bytes.
 const MAX_SECRET_BYTES: usize = 200;
 
 /// The hub: the directory of APIs, the store, and the deliverer.
@@ -99,16 +99,22 @@ fn header_pairs(h: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Scheme and host the client used, as Envoy passes them on.
+/// Scheme and host the client used, as Envoy passes them on: Envoy may rewrite `Host` to the
+/// hub's own name, and then appends the original to `X-Forwarded-Host`.
 fn base_url(h: &HeaderMap) -> String {
     let scheme = h
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
         .filter(|s| *s == "https" || *s == "http")
         .unwrap_or("http");
-    let host = h
-        .get(header::HOST)
+    let forwarded = h
+        .get("x-forwarded-host")
         .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    let host = forwarded
+        .or_else(|| h.get(header::HOST).and_then(|v| v.to_str().ok()))
         .unwrap_or("localhost");
     format!("{scheme}://{host}")
 }
@@ -117,6 +123,23 @@ fn path_and_query(api: &HubApi, tail: &str, query: &Option<String>) -> String {
     match query {
         Some(q) => format!("{}{tail}?{q}", api.context),
         None => format!("{}{tail}", api.context),
+    }
+}
+
+/// Whether a verification answer's body is exactly `challenge`, reading no more than needed.
+async fn echoes(mut r: reqwest::Response, challenge: &str) -> bool {
+    let mut body = Vec::with_capacity(challenge.len());
+    loop {
+        match r.chunk().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > challenge.len() {
+                    return false;
+                }
+            }
+            Ok(None) => return body == challenge.as_bytes(),
+            Err(_) => return false,
+        }
     }
 }
 
@@ -162,7 +185,9 @@ impl Hub {
     ) -> std::io::Result<()> {
         let app = Router::new()
             .route("/websub/{api}/hub", post(subscription))
+            .route("/websub/{api}/hub/", post(subscription))
             .route("/websub/{api}/webhook-receiver", post(publish))
+            .route("/websub/{api}/webhook-receiver/", post(publish))
             .fallback(|| async { not_found() })
             .with_state(self);
         axum::serve(listener, app)
@@ -193,19 +218,17 @@ impl Hub {
                     .send()
                     .await;
                 match answer {
-                    Ok(r) if r.status().is_success() => {
-                        r.text().await.is_ok_and(|body| body == challenge)
-                    }
+                    Ok(r) if r.status().is_success() => echoes(r, &challenge).await,
                     Ok(r) => {
                         debug!(
-                            callback = intent.callback,
+                            callback = %callback_label(&intent.callback),
                             status = r.status().as_u16(),
                             "verification refused"
                         );
                         false
                     }
                     Err(e) => {
-                        debug!(callback = intent.callback, error = %e, "verification failed");
+                        debug!(callback = %callback_label(&intent.callback), error = %e, "verification failed");
                         false
                     }
                 }
@@ -226,7 +249,7 @@ impl Hub {
             Ok(Ok(Some(Some(id)))) => {
                 info!(
                     channel = intent.channel,
-                    callback = intent.callback,
+                    callback = %callback_label(&intent.callback),
                     mode = intent.mode,
                     "WebSub intent verified"
                 );
@@ -239,14 +262,14 @@ impl Hub {
             Ok(Ok(Some(None))) => {
                 info!(
                     channel = intent.channel,
-                    callback = intent.callback,
+                    callback = %callback_label(&intent.callback),
                     "unsubscribed a callback that had no subscription"
                 );
             }
             Ok(Ok(None)) => {
                 info!(
                     channel = intent.channel,
-                    callback = intent.callback,
+                    callback = %callback_label(&intent.callback),
                     mode = intent.mode,
                     "WebSub intent not verified; request dropped"
                 );
@@ -326,13 +349,15 @@ async fn subscription(
         }
     }
     let secret = field("hub.secret").filter(|s| !s.is_empty());
-    if secret.is_some_and(|s| s.len() >= MAX_SECRET_BYTES) {
+    if secret.is_some_and(|s| s.len() > MAX_SECRET_BYTES) {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("hub.secret must be shorter than {MAX_SECRET_BYTES} bytes"),
+            format!("hub.secret must be at most {MAX_SECRET_BYTES} bytes"),
         );
     }
-    let lease = match field("hub.lease_seconds").filter(|l| !l.is_empty()) {
+    // The lease of an unsubscription is ignored (W3C WebSub).
+    let requested = field("hub.lease_seconds").filter(|l| !l.is_empty() && mode == "subscribe");
+    let lease = match requested {
         None => hub.config.default_lease_seconds,
         Some(l) => match l.parse::<u64>() {
             Ok(n) if n > 0 => n.min(hub.config.max_lease_seconds),
@@ -451,5 +476,39 @@ async fn publish(
             )
         }
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn base_url_is_what_the_subscriber_used() {
+        assert_eq!(
+            base_url(&headers(&[("host", "gw.example:8080")])),
+            "http://gw.example:8080"
+        );
+        // Envoy rewrote Host to the hub's name and appended the original.
+        assert_eq!(
+            base_url(&headers(&[
+                ("host", "controller:9095"),
+                ("x-forwarded-host", "spoofed.example, gw.example"),
+                ("x-forwarded-proto", "https"),
+            ])),
+            "https://gw.example"
+        );
+        assert_eq!(
+            base_url(&headers(&[("host", "h"), ("x-forwarded-proto", "gopher")])),
+            "http://h"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! state change is one transaction; a 202 is only answered after it commits, so an acknowledged
 //! request survives a crash.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -49,6 +50,13 @@ CREATE TABLE intents (
     base_url      TEXT NOT NULL,
     created_at    INTEGER NOT NULL
 );
+CREATE TABLE intent_marks (
+    api_uuid TEXT NOT NULL,
+    channel  TEXT NOT NULL,
+    callback TEXT NOT NULL,
+    last_id  INTEGER NOT NULL,
+    PRIMARY KEY (api_uuid, channel, callback)
+) WITHOUT ROWID;
 "#];
 
 /// A verified subscription.
@@ -202,12 +210,32 @@ impl HubStore {
     }
 
     /// Applies a verified request: a subscription is created or renewed (keeping what it is
-    /// still owed), an unsubscription removes it with its deliveries. Returns the subscription id
-    /// concerned, if any.
+    /// still owed), an unsubscription removes it with its deliveries. Requests for one callback
+    /// apply in the order they were made, whatever order their verifications end in: an older one
+    /// verified after a newer one is dropped, as is one whose API was deleted meanwhile. Returns
+    /// the subscription id concerned, if any.
     pub fn apply_intent(&self, i: &Intent, now: i64) -> Result<Option<i64>, StoreError> {
         let mut c = self.lock();
         let tx = c.transaction()?;
-        tx.execute("DELETE FROM intents WHERE id = ?1", params![i.id])?;
+        if tx.execute("DELETE FROM intents WHERE id = ?1", params![i.id])? == 0 {
+            return Ok(None);
+        }
+        let last: Option<i64> = tx
+            .query_row(
+                "SELECT last_id FROM intent_marks WHERE api_uuid = ?1 AND channel = ?2 AND callback = ?3",
+                params![i.api_uuid, i.channel, i.callback],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if last.is_some_and(|l| l > i.id) {
+            tx.commit()?;
+            return Ok(None);
+        }
+        tx.execute(
+            "INSERT INTO intent_marks (api_uuid, channel, callback, last_id) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (api_uuid, channel, callback) DO UPDATE SET last_id = excluded.last_id",
+            params![i.api_uuid, i.channel, i.callback, i.id],
+        )?;
         let id = if i.mode == "subscribe" {
             tx.query_row(
                 "INSERT INTO subscriptions (api_uuid, channel, callback, secret, lease_seconds, expires_at, base_url, created_at) \
@@ -260,7 +288,27 @@ impl HubStore {
         Ok(rows)
     }
 
-    /// Removes a subscription (lease over) with what it was still owed.
+    /// Removes subscription `id` with what it was still owed if its lease is over at `now`
+    /// (a renewal may have just extended it); true when it was removed.
+    pub fn remove_expired(&self, id: i64, now: i64) -> Result<bool, StoreError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        let expired = tx
+            .query_row(
+                "SELECT 1 FROM subscriptions WHERE id = ?1 AND expires_at <= ?2",
+                params![id, now],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if expired {
+            delete_subscription(&tx, id)?;
+        }
+        tx.commit()?;
+        Ok(expired)
+    }
+
+    /// Removes subscription `id` with what it was still owed (its channel is gone).
     pub fn remove_subscription(&self, id: i64) -> Result<(), StoreError> {
         let mut c = self.lock();
         let tx = c.transaction()?;
@@ -356,32 +404,59 @@ impl HubStore {
     pub fn purge_api(&self, api_uuid: &str) -> Result<(), StoreError> {
         let mut c = self.lock();
         let tx = c.transaction()?;
-        let ids: Vec<i64> = {
-            let mut stmt = tx.prepare("SELECT id FROM subscriptions WHERE api_uuid = ?1")?;
-            stmt.query_map(params![api_uuid], |r| r.get(0))?
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        for id in ids {
-            delete_subscription(&tx, id)?;
+        tx.execute(
+            "DELETE FROM deliveries WHERE subscription_id IN (SELECT id FROM subscriptions WHERE api_uuid = ?1)",
+            params![api_uuid],
+        )?;
+        for table in ["subscriptions", "intents", "intent_marks", "events"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE api_uuid = ?1"),
+                params![api_uuid],
+            )?;
         }
-        tx.execute("DELETE FROM intents WHERE api_uuid = ?1", params![api_uuid])?;
-        tx.execute("DELETE FROM events WHERE api_uuid = ?1", params![api_uuid])?;
         tx.commit()?;
         Ok(())
     }
+
+    /// Forgets the hub state of every API not in `known` (deleted while the hub could not hear
+    /// of it); returns how many APIs were forgotten.
+    pub fn retain_apis(&self, known: &HashSet<String>) -> Result<usize, StoreError> {
+        let stored: Vec<String> = {
+            let c = self.lock();
+            let mut stmt = c.prepare(
+                "SELECT api_uuid FROM subscriptions UNION SELECT api_uuid FROM intents \
+                 UNION SELECT api_uuid FROM events",
+            )?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let gone: Vec<String> = stored.into_iter().filter(|u| !known.contains(u)).collect();
+        for uuid in &gone {
+            self.purge_api(uuid)?;
+        }
+        Ok(gone.len())
+    }
 }
 
-/// Deletes a subscription, its deliveries, and events nobody is owed any more.
+/// Deletes a subscription, its deliveries, and the events it was the last one owed.
 fn delete_subscription(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), StoreError> {
+    let owed: Vec<i64> = {
+        let mut stmt =
+            tx.prepare_cached("SELECT event_seq FROM deliveries WHERE subscription_id = ?1")?;
+        stmt.query_map(params![id], |r| r.get(0))?
+            .collect::<Result<Vec<_>, _>>()?
+    };
     tx.execute(
         "DELETE FROM deliveries WHERE subscription_id = ?1",
         params![id],
     )?;
     tx.execute("DELETE FROM subscriptions WHERE id = ?1", params![id])?;
-    tx.execute(
-        "DELETE FROM events WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq)",
-        [],
+    let mut unowned = tx.prepare_cached(
+        "DELETE FROM events WHERE seq = ?1 AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)",
     )?;
+    for seq in owed {
+        unowned.execute(params![seq])?;
+    }
     Ok(())
 }
 
@@ -454,6 +529,10 @@ mod tests {
                 .is_empty(),
             "an expired lease gets nothing"
         );
+        assert!(
+            !s.remove_expired(a, 54).unwrap(),
+            "renewed: not expired yet"
+        );
         assert_eq!(verified(&s, "unsubscribe", "http://a", 0, 6), Some(a));
         assert!(s.subscription(a).unwrap().is_none());
         assert!(s.next_delivery(a).unwrap().is_none());
@@ -462,5 +541,35 @@ mod tests {
         s.publish("api", "issues", "text/plain", b"e", 1).unwrap();
         s.purge_api("api").unwrap();
         assert!(s.subscription(b).unwrap().is_none());
+    }
+
+    #[test]
+    fn intents_apply_in_the_order_they_were_made() {
+        let s = HubStore::in_memory().unwrap();
+        let mut sub = intent("subscribe", "http://a", 10);
+        sub.id = s.add_intent(&sub, 0).unwrap();
+        let mut unsub = intent("unsubscribe", "http://a", 0);
+        unsub.id = s.add_intent(&unsub, 0).unwrap();
+        // The unsubscription's verification ends first, the subscription's after it.
+        assert_eq!(s.apply_intent(&unsub, 1).unwrap(), None);
+        assert_eq!(
+            s.apply_intent(&sub, 2).unwrap(),
+            None,
+            "the older request is dropped"
+        );
+        assert!(s.subscriptions().unwrap().is_empty());
+        assert!(s.intents().unwrap().is_empty());
+        // An intent of a purged API applies nothing.
+        let mut late = intent("subscribe", "http://b", 10);
+        late.id = s.add_intent(&late, 0).unwrap();
+        s.purge_api("api").unwrap();
+        assert_eq!(s.apply_intent(&late, 1).unwrap(), None);
+        assert!(s.subscriptions().unwrap().is_empty());
+        let known = HashSet::from(["kept".to_string()]);
+        let mut other = intent("subscribe", "http://c", 10);
+        other.api_uuid = "gone".into();
+        other.id = s.add_intent(&other, 0).unwrap();
+        assert_eq!(s.retain_apis(&known).unwrap(), 1);
+        assert!(s.intents().unwrap().is_empty());
     }
 }
