@@ -12,6 +12,9 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A file operation on the database failed.
+    #[error("database file: {0}")]
+    Io(#[from] std::io::Error),
     /// The database was written by a newer gateway.
     #[error(
         "database schema version {0} is newer than this gateway supports ({1}); upgrade the gateway"

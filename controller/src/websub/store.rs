@@ -132,9 +132,17 @@ fn sub_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Subscription> {
 }
 
 impl HubStore {
-    /// Opens (creating if needed) the hub database at `path`.
+    /// Opens (creating if needed) the hub database at `path`, readable by its owner only: it
+    /// holds subscribers' secrets, which signing needs in clear.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::init(Connection::open(path)?)
+        let store = Self::init(Connection::open(path)?)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(StoreError::Io)?;
+        }
+        Ok(store)
     }
 
     /// An in-memory store, for tests.
