@@ -1150,6 +1150,11 @@ async fn api_key_auth_on_subscribe_and_publish() -> anyhow::Result<()> {
         serde_json::from_str::<Value>(&body).unwrap_or_default(),
         unauthorized
     );
+    // Without a key, nobody learns which channels exist.
+    let unknown = sub_form("no-such-channel", &callback, None, None);
+    assert_eq!(hub(&gw, ctx, &unknown, &[]).await?.0, 401);
+    let (s, body) = publish(&gw, ctx, Some("no-such-channel"), "text/plain", "x", &[]).await?;
+    assert_eq!(s, 401, "{body}");
 
     let (s, k) = gw
         .send_json(

@@ -22,7 +22,7 @@ use tracing::{debug, error, info};
 
 use super::delivery::{Deliverer, callback_label};
 use super::store::Intent;
-use super::{Directory, Event, HubApi};
+use super::{ANY_CHANNEL, Directory, Event, HubApi};
 use crate::config::WebSubConfig;
 
 /// Longest subscription request read.
@@ -313,21 +313,15 @@ async fn subscription(
             );
         }
     };
-    let Some(channel) = field("hub.topic").filter(|t| !t.is_empty()) else {
-        return error(StatusCode::BAD_REQUEST, "hub.topic is required");
-    };
-    if !api.channels.contains(channel) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("unknown channel '{channel}'"),
-        );
-    }
+    // Policies first: without credentials nobody learns which channels exist.
+    let topic = field("hub.topic").filter(|t| !t.is_empty());
+    let known = topic.filter(|t| api.channels.contains(*t));
     let h = header_pairs(&headers);
     let path = path_and_query(&api, "/hub", &query);
     let verdict = hub.directory.decide(
         &api.name,
         event,
-        channel,
+        known.unwrap_or(ANY_CHANNEL),
         RequestView {
             headers: &h,
             path: &path,
@@ -335,6 +329,15 @@ async fn subscription(
     );
     if let Some(r) = refusal(&verdict) {
         return r;
+    }
+    let Some(channel) = topic else {
+        return error(StatusCode::BAD_REQUEST, "hub.topic is required");
+    };
+    if known.is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown channel '{channel}'"),
+        );
     }
     let Some(callback) = field("hub.callback").filter(|c| !c.is_empty()) else {
         return error(StatusCode::BAD_REQUEST, "hub.callback is required");
@@ -411,24 +414,14 @@ async fn publish(
         .find(|(k, _)| k == "topic")
         .map(|(_, v)| v.into_owned())
         .filter(|t| !t.is_empty());
-    let Some(channel) = topic else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "query parameter 'topic' is required",
-        );
-    };
-    if !api.channels.contains(&channel) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("unknown channel '{channel}'"),
-        );
-    }
+    // Policies first: without credentials nobody learns which channels exist.
+    let known = topic.as_deref().filter(|t| api.channels.contains(*t));
     let h = header_pairs(&headers);
     let path = path_and_query(&api, "/webhook-receiver", &query);
     let verdict = hub.directory.decide(
         &api.name,
         Event::Receive,
-        &channel,
+        known.unwrap_or(ANY_CHANNEL),
         RequestView {
             headers: &h,
             path: &path,
@@ -436,6 +429,18 @@ async fn publish(
     );
     if let Some(r) = refusal(&verdict) {
         return r;
+    }
+    let Some(channel) = topic.clone() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameter 'topic' is required",
+        );
+    };
+    if known.is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown channel '{channel}'"),
+        );
     }
     let Ok(bytes) = to_bytes(body, hub.config.max_body_bytes).await else {
         return error(

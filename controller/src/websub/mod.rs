@@ -20,7 +20,7 @@ use gateway_policy_engine::engine::{Engine, Outcome, now_ns};
 use tracing::error;
 
 pub use store::HubStore;
-pub use validate::{Event, WEBSUB_API, WebSubDef, validate_websub_api};
+pub use validate::{ANY_CHANNEL, Event, WEBSUB_API, WebSubDef, validate_websub_api};
 
 /// What the hub knows of one deployed WebSub API.
 #[derive(Debug, Clone, PartialEq, Eq)]

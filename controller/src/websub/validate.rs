@@ -74,9 +74,13 @@ pub struct WebSubDef {
     /// Channel names, as declared.
     pub channels: Vec<String>,
     /// Non-empty chains: channel-level policies replace API-level ones of the same name;
-    /// authentication runs first.
+    /// authentication runs first. The channel [`ANY_CHANNEL`] holds the API-wide policies alone,
+    /// which guard requests naming no declared channel.
     pub chains: BTreeMap<(Event, String), Vec<ChainEntry>>,
 }
+
+/// The channel key of the API-wide chain (no declared channel is empty).
+pub const ANY_CHANNEL: &str = "";
 
 fn is_channel_name(s: &str) -> bool {
     (1..=100).contains(&s.len())
@@ -249,6 +253,12 @@ pub fn validate_websub_api(
         return Err(e.0);
     };
     let mut chains = BTreeMap::new();
+    for (event, policies) in &api_level {
+        let chain = build_chain(policies, &[]);
+        if !chain.is_empty() {
+            chains.insert((*event, ANY_CHANNEL.to_string()), chain);
+        }
+    }
     for (channel, own) in &declared {
         for event in Event::ALL {
             let none = Vec::new();
@@ -372,6 +382,11 @@ mod tests {
         );
         assert_eq!(names(Event::Subscribe, "pulls"), vec!["api-key-auth"]);
         assert_eq!(names(Event::Receive, "pulls"), vec!["api-key-auth"]);
+        assert_eq!(
+            names(Event::Subscribe, ANY_CHANNEL),
+            vec!["api-key-auth"],
+            "API-wide policies guard unknown channels"
+        );
         assert!(names(Event::Deliver, "pulls").is_empty());
     }
 
