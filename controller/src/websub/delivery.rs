@@ -11,7 +11,7 @@ use std::time::Duration;
 use gateway_policy_engine::chain::{RequestView, Verdict};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use super::store::{HubStore, Pending, Subscription};
@@ -33,7 +33,11 @@ pub struct Deliverer {
     max_delay: Duration,
     max_attempts: i64,
     workers: Mutex<HashMap<i64, Arc<Notify>>>,
+    in_flight: Semaphore,
 }
+
+/// Deliveries in flight at once, over all subscriptions.
+const CONCURRENT_DELIVERIES: usize = 256;
 
 /// `X-Hub-Signature` value of `body` under `secret` (`None` only if HMAC refused the key, which
 /// it does for no length).
@@ -121,6 +125,7 @@ impl Deliverer {
             max_delay: Duration::from_millis(c.delivery_max_delay_ms),
             max_attempts: i64::from(c.delivery_max_attempts),
             workers: Mutex::new(HashMap::new()),
+            in_flight: Semaphore::new(CONCURRENT_DELIVERIES),
         })
     }
 
@@ -264,6 +269,11 @@ impl Deliverer {
     }
 
     async fn send(&self, sub: &Subscription, api: &HubApi, p: &Pending) -> Result<(), String> {
+        let _slot = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| "the hub is shutting down")?;
         let mut req = self
             .http
             .post(&sub.callback)

@@ -18,6 +18,7 @@ use gateway_policy_engine::extproc::{TOO_MANY, UNAUTHORIZED, rate_headers};
 use rand::RngCore;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, error, info};
 
 use super::delivery::{Deliverer, callback_label};
@@ -36,7 +37,11 @@ pub struct Hub {
     deliverer: Arc<Deliverer>,
     http: reqwest::Client,
     config: WebSubConfig,
+    verifications: Arc<Semaphore>,
 }
+
+/// Verifications of intent running at once; the others wait (their intents are stored).
+const CONCURRENT_VERIFICATIONS: usize = 64;
 
 fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
@@ -157,6 +162,7 @@ impl Hub {
             deliverer,
             http,
             config,
+            verifications: Arc::new(Semaphore::new(CONCURRENT_VERIFICATIONS)),
         });
         match hub.directory.store().subscriptions() {
             Ok(subs) => {
@@ -197,6 +203,9 @@ impl Hub {
 
     /// Verifies intent with a GET to the callback; applies the request if the challenge comes back.
     async fn verify(self: Arc<Self>, intent: Intent) {
+        let Ok(_slot) = self.verifications.clone().acquire_owned().await else {
+            return;
+        };
         let mut challenge = [0u8; 32];
         rand::rng().fill_bytes(&mut challenge);
         let challenge = hex::encode(challenge);
