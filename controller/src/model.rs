@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The envelope of a management request: `apiVersion`, `kind`, `metadata`, `spec`.
+/// The envelope of a management request: `apiVersion`, `kind`, `metadata`, and the `spec` of its
+/// kind (a `RestApi`'s by default).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ApiRequest {
+pub struct ApiRequest<S = RestApiSpec> {
     /// `gateway.api-platform.wso2.com/v1alpha1`, `v1alpha2` or `v1`.
     #[serde(default)]
     pub api_version: Option<String>,
@@ -20,8 +21,8 @@ pub struct ApiRequest {
     #[serde(default)]
     pub metadata: Option<Metadata>,
     /// The API definition.
-    #[serde(default)]
-    pub spec: Option<RestApiSpec>,
+    #[serde(default = "Option::default")]
+    pub spec: Option<S>,
 }
 
 /// `metadata`.

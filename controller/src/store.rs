@@ -206,6 +206,28 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ApiRow> {
     })
 }
 
+/// Sets up a connection the way every gateway database runs (WAL, `synchronous=NORMAL`, foreign
+/// keys, a busy timeout) and applies `migrations`: entry `i` brings the schema from version `i`
+/// (`PRAGMA user_version`) to `i + 1`, each in its own transaction.
+pub fn prepare(mut conn: Connection, migrations: &[&str]) -> Result<Connection, StoreError> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let latest = migrations.len() as i64;
+    if current > latest {
+        return Err(StoreError::TooNew(current, latest));
+    }
+    for (i, sql) in migrations.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(conn)
+}
+
 /// The database connection. Callers serialise access (one writer).
 pub struct Store {
     conn: Connection,
@@ -223,30 +245,9 @@ impl Store {
     }
 
     fn init(conn: Connection) -> Result<Self, StoreError> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Self { conn };
-        store.migrate()?;
-        Ok(store)
-    }
-
-    fn migrate(&mut self) -> Result<(), StoreError> {
-        let current: i64 = self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let latest = MIGRATIONS.len() as i64;
-        if current > latest {
-            return Err(StoreError::TooNew(current, latest));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let tx = self.conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
-        }
-        Ok(())
+        Ok(Self {
+            conn: prepare(conn, MIGRATIONS)?,
+        })
     }
 
     /// The schema version in use.

@@ -43,39 +43,60 @@ fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
     }
 }
 
-fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("Request body exceeds the limit of {limit} bytes"),
-    )
+/// Why a body could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// Over the limit (in bytes).
+    TooLarge(usize),
+    /// Not received within [`BODY_READ_TIMEOUT`].
+    Timeout,
+    /// The connection failed while reading.
+    Read(String),
 }
 
-/// Reads the body, at most `limit` bytes. A larger body is answered 413; it is still read (and
+impl BodyError {
+    /// The HTTP status answering this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Read(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A message for the client.
+    pub fn message(&self) -> String {
+        match self {
+            BodyError::TooLarge(limit) => {
+                format!("Request body exceeds the limit of {limit} bytes")
+            }
+            BodyError::Timeout => "The request body was not received in time".into(),
+            BodyError::Read(e) => format!("Failed to read request body: {e}"),
+        }
+    }
+}
+
+/// Reads a body of at most `limit` bytes. A larger body is refused; it is still read (and
 /// discarded, up to `DRAIN_LIMIT`) so that the client, which may still be sending, receives the
 /// answer instead of a reset connection.
-pub async fn read_bytes(
+pub async fn read_limited(
     headers: &HeaderMap,
     mut body: Body,
     limit: usize,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<Vec<u8>, BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let drain = DRAIN_LIMIT.max(limit);
     if declared.is_some_and(|n| n > drain as u64) {
-        return Err(too_large(limit));
+        return Err(BodyError::TooLarge(limit));
     }
     let read = async {
         let mut buf = Vec::new();
         let mut seen = 0usize;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("Failed to read request body: {e}"),
-                )
-            })?;
+            let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
             if let Ok(data) = frame.into_data() {
                 seen = seen.saturating_add(data.len());
                 if seen > drain {
@@ -87,19 +108,25 @@ pub async fn read_bytes(
             }
         }
         if seen > limit {
-            Err(too_large(limit))
+            Err(BodyError::TooLarge(limit))
         } else {
             Ok(buf)
         }
     };
     tokio::time::timeout(BODY_READ_TIMEOUT, read)
         .await
-        .unwrap_or_else(|_| {
-            Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "The request body was not received in time",
-            ))
-        })
+        .unwrap_or(Err(BodyError::Timeout))
+}
+
+/// [`read_limited`] with the management API's error shape.
+pub async fn read_bytes(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    read_limited(headers, body, limit)
+        .await
+        .map_err(|e| ApiError::new(e.status(), e.message()))
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Value, String> {

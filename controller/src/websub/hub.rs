@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,7 @@ use super::delivery::{Deliverer, callback_label};
 use super::store::Intent;
 use super::{ANY_CHANNEL, Directory, Event, HubApi};
 use crate::config::WebSubConfig;
+use crate::http::body::read_limited;
 
 /// Longest subscription request read.
 const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -201,6 +202,26 @@ impl Hub {
             .await
     }
 
+    /// The answer of the policies of `event` on `channel` (the API-wide ones when no declared
+    /// channel is named) if they refuse the request.
+    fn refused(
+        &self,
+        api: &HubApi,
+        event: Event,
+        channel: Option<&str>,
+        headers: &HeaderMap,
+        path: &str,
+    ) -> Option<Response> {
+        let h = header_pairs(headers);
+        let verdict = self.directory.decide(
+            &api.name,
+            event,
+            channel.unwrap_or(ANY_CHANNEL),
+            RequestView { headers: &h, path },
+        );
+        refusal(&verdict)
+    }
+
     /// Verifies intent with a GET to the callback; applies the request if the challenge comes back.
     async fn verify(self: Arc<Self>, intent: Intent) {
         let Ok(_slot) = self.verifications.clone().acquire_owned().await else {
@@ -301,11 +322,9 @@ async fn subscription(
     let Some(api) = hub.directory.by_name(&name) else {
         return not_found();
     };
-    let Ok(bytes) = to_bytes(body, MAX_FORM_BYTES).await else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "subscription request too large",
-        );
+    let bytes = match read_limited(&headers, body, MAX_FORM_BYTES).await {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), e.message()),
     };
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&bytes)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -325,18 +344,8 @@ async fn subscription(
     // Policies first: without credentials nobody learns which channels exist.
     let topic = field("hub.topic").filter(|t| !t.is_empty());
     let known = topic.filter(|t| api.channels.contains(*t));
-    let h = header_pairs(&headers);
     let path = path_and_query(&api, "/hub", &query);
-    let verdict = hub.directory.decide(
-        &api.name,
-        event,
-        known.unwrap_or(ANY_CHANNEL),
-        RequestView {
-            headers: &h,
-            path: &path,
-        },
-    );
-    if let Some(r) = refusal(&verdict) {
+    if let Some(r) = hub.refused(&api, event, known, &headers, &path) {
         return r;
     }
     let Some(channel) = topic else {
@@ -425,18 +434,8 @@ async fn publish(
         .filter(|t| !t.is_empty());
     // Policies first: without credentials nobody learns which channels exist.
     let known = topic.as_deref().filter(|t| api.channels.contains(*t));
-    let h = header_pairs(&headers);
     let path = path_and_query(&api, "/webhook-receiver", &query);
-    let verdict = hub.directory.decide(
-        &api.name,
-        Event::Receive,
-        known.unwrap_or(ANY_CHANNEL),
-        RequestView {
-            headers: &h,
-            path: &path,
-        },
-    );
-    if let Some(r) = refusal(&verdict) {
+    if let Some(r) = hub.refused(&api, Event::Receive, known, &headers, &path) {
         return r;
     }
     let Some(channel) = topic.clone() else {
@@ -451,11 +450,9 @@ async fn publish(
             format!("unknown channel '{channel}'"),
         );
     }
-    let Ok(bytes) = to_bytes(body, hub.config.max_body_bytes).await else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("events are limited to {} bytes", hub.config.max_body_bytes),
-        );
+    let bytes = match read_limited(&headers, body, hub.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), e.message()),
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)

@@ -4,25 +4,10 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::{DesiredState, Metadata, PolicyRef};
+use crate::model::{ApiRequest, DesiredState, PolicyRef};
 
 /// The envelope of a `WebSubApi` request.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WebSubApiRequest {
-    /// `gateway.api-platform.wso2.com/v1alpha1` (or `v1alpha2`, `v1`).
-    #[serde(default)]
-    pub api_version: Option<String>,
-    /// `WebSubApi`.
-    #[serde(default)]
-    pub kind: Option<String>,
-    /// Name, labels, annotations.
-    #[serde(default)]
-    pub metadata: Option<Metadata>,
-    /// The API definition.
-    #[serde(default)]
-    pub spec: Option<WebSubApiSpec>,
-}
+pub type WebSubApiRequest = ApiRequest<WebSubApiSpec>;
 
 /// `spec` of a `WebSubApi`.
 #[derive(Debug, Clone, Deserialize)]

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::StoreError;
+use crate::store::{StoreError, prepare};
 
 const SCHEMA: &[&str] = &[r#"
 CREATE TABLE subscriptions (
@@ -150,24 +150,9 @@ impl HubStore {
         Self::init(Connection::open_in_memory()?)
     }
 
-    fn init(mut conn: Connection) -> Result<Self, StoreError> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let latest = SCHEMA.len() as i64;
-        if current > latest {
-            return Err(StoreError::TooNew(current, latest));
-        }
-        for (i, sql) in SCHEMA.iter().enumerate().skip(current as usize) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
-        }
+    fn init(conn: Connection) -> Result<Self, StoreError> {
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn: Mutex::new(prepare(conn, SCHEMA)?),
         })
     }
 
