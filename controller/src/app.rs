@@ -178,10 +178,12 @@ pub async fn run(
         let rx = stop_rx.clone();
         async move { hub.serve(hub_listener, stopped(rx)).await }
     });
+    let policy_token = policy_token(&config);
     let policies = registry.policies().clone();
     let policy_task = tokio::spawn({
         let rx = stop_rx.clone();
-        async move { policies.serve(policy_listener, stopped(rx)).await }
+        let token = policy_token.clone();
+        async move { policies.serve(policy_listener, token, stopped(rx)).await }
     });
     if let (Some(queue), true) = (sync_queue, cp.sync_enabled()) {
         // The gateway serves whatever the API Manager side does: a sync that cannot start is
@@ -193,9 +195,10 @@ pub async fn run(
     let mut children = Vec::new();
     if config.policy_engine.managed {
         let cfg = config.clone();
+        let token = policy_token.clone();
         children.push(tokio::spawn(supervise(
             "policy engine",
-            move || engine_child(&cfg, policy_addr),
+            move || engine_child(&cfg, policy_addr, token.as_deref()),
             stop_rx.clone(),
         )));
     }
@@ -290,7 +293,28 @@ fn envoy_command(c: &Config, xds_addr: SocketAddr) -> anyhow::Result<EnvoyComman
 }
 
 /// The command that starts a managed policy engine following this controller.
-fn engine_child(c: &Config, policy_addr: SocketAddr) -> anyhow::Result<Child> {
+/// The token engines must present on the policy stream: the configured one; else a random one
+/// for the managed engine; else none.
+fn policy_token(c: &Config) -> Option<String> {
+    let configured = &c.controller.policy_server.token;
+    if !configured.is_empty() {
+        return Some(configured.clone());
+    }
+    if c.policy_engine.managed {
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        return Some(hex::encode(bytes));
+    }
+    if !crate::config::is_loopback(&c.controller.policy_server.host) {
+        warn!(
+            host = c.controller.policy_server.host,
+            "the policy stream is reachable off this machine without a token: set [controller.policy_server] token"
+        );
+    }
+    None
+}
+
+fn engine_child(c: &Config, policy_addr: SocketAddr, token: Option<&str>) -> anyhow::Result<Child> {
     let binary = if c.policy_engine.binary.is_empty() {
         std::env::current_exe()?.with_file_name("gateway-policy-engine")
     } else {
@@ -310,8 +334,13 @@ fn engine_child(c: &Config, policy_addr: SocketAddr) -> anyhow::Result<Child> {
         .arg(format!("{}-policy-engine", c.controller.server.gateway_id))
         .arg("--log-level")
         .arg(&c.controller.logging.level)
+        .env_remove("APIP_GW_POLICY_ENGINE__TOKEN")
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    if let Some(t) = token {
+        // The environment, unlike arguments, is not visible to other local users.
+        cmd.env("APIP_GW_POLICY_ENGINE__TOKEN", t);
+    }
     gateway_envoy::die_with_parent(&mut cmd);
     cmd.spawn()
         .with_context(|| format!("starting {}", binary.display()))

@@ -189,6 +189,9 @@ pub struct PolicyServerConfig {
     pub host: String,
     /// Port.
     pub port: u16,
+    /// Token policy engines must present. Empty: a random one is made for the managed engine
+    /// (external engines are then refused); with no managed engine, engines are not checked.
+    pub token: String,
 }
 
 impl Default for PolicyServerConfig {
@@ -196,6 +199,7 @@ impl Default for PolicyServerConfig {
         Self {
             host: "127.0.0.1".into(),
             port: 18001,
+            token: String::new(),
         }
     }
 }

@@ -19,9 +19,12 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
@@ -134,17 +137,40 @@ impl Distributor {
         });
     }
 
-    /// Serves engines on `listener` until `shutdown` resolves.
+    /// Serves engines on `listener` until `shutdown` resolves. With a `token`, only engines
+    /// presenting it (`authorization: Bearer <token>`) are served.
     pub async fn serve(
         &self,
         listener: TcpListener,
+        token: Option<String>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), DistributionError> {
+        let expected = token.map(|t| format!("Bearer {t}"));
+        let check = move |req: Request<()>| match &expected {
+            None => Ok(req),
+            Some(want) => {
+                let got = req
+                    .metadata()
+                    .get(AUTHORIZATION)
+                    .map(|v| v.as_bytes())
+                    .unwrap_or_default();
+                if bool::from(got.ct_eq(want.as_bytes())) {
+                    Ok(req)
+                } else {
+                    Err(Status::unauthenticated(
+                        "the policy stream needs the controller's policy token",
+                    ))
+                }
+            }
+        };
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(AggregatedDiscoveryServiceServer::new(DeltaService {
-                rx: self.tx.subscribe(),
-            }))
+            .add_service(AggregatedDiscoveryServiceServer::with_interceptor(
+                DeltaService {
+                    rx: self.tx.subscribe(),
+                },
+                check,
+            ))
             .serve_with_incoming_shutdown(
                 // Small gRPC messages: without TCP_NODELAY each answer waits for the peer's delayed ACK (~40 ms).
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -284,18 +310,31 @@ impl AggregatedDiscoveryService for DeltaService {
     }
 }
 
+/// Metadata key of the policy token.
+const AUTHORIZATION: &str = "authorization";
+
 /// The engine's side: follows the controller at `endpoint` (`http://host:port`) forever,
-/// calling `apply` with each batch of changes (changed APIs, removed APIs). Reconnects with
-/// backoff and jitter; what was applied stays in force while the controller is away.
+/// presenting `token` if any, and calling `apply` with each batch of changes (changed APIs,
+/// removed APIs). Reconnects with backoff and jitter; what was applied stays in force while the
+/// controller is away.
 pub async fn follow(
     endpoint: String,
+    token: Option<String>,
     node_id: String,
     mut versions: HashMap<String, String>,
     mut apply: impl FnMut(Vec<(String, ApiPolicies)>, Vec<String>),
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match follow_once(&endpoint, &node_id, &mut versions, &mut apply).await {
+        match follow_once(
+            &endpoint,
+            token.as_deref(),
+            &node_id,
+            &mut versions,
+            &mut apply,
+        )
+        .await
+        {
             Ok(()) => info!(endpoint, "policy stream closed by the controller"),
             Err(e) => {
                 warn!(endpoint, error = %e, retry_in_ms = backoff.as_millis() as u64, "policy stream failed")
@@ -310,11 +349,28 @@ pub async fn follow(
 
 async fn follow_once(
     endpoint: &str,
+    token: Option<&str>,
     node_id: &str,
     versions: &mut HashMap<String, String>,
     apply: &mut impl FnMut(Vec<(String, ApiPolicies)>, Vec<String>),
 ) -> Result<(), DistributionError> {
-    let mut client = AggregatedDiscoveryServiceClient::connect(endpoint.to_string()).await?;
+    let channel = Channel::from_shared(endpoint.to_string())
+        .map_err(|e| Status::invalid_argument(format!("bad controller address: {e}")))?
+        .connect()
+        .await?;
+    let header = match token {
+        Some(t) => Some(MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
+            Status::invalid_argument("the policy token is not a valid header value")
+        })?),
+        None => None,
+    };
+    let mut client =
+        AggregatedDiscoveryServiceClient::with_interceptor(channel, move |mut req: Request<()>| {
+            if let Some(h) = &header {
+                req.metadata_mut().insert(AUTHORIZATION, h.clone());
+            }
+            Ok(req)
+        });
     let (req_tx, req_rx) = mpsc::channel(16);
     let first = DeltaDiscoveryRequest {
         node: Some(Node {
@@ -408,10 +464,26 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = d.clone();
-        tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
+        tokio::spawn(async move {
+            server
+                .serve(listener, Some("s3cret".into()), std::future::pending())
+                .await
+        });
+        // A follower without the token gets nothing.
+        let (bad_tx, mut bad_rx) = mpsc::unbounded_channel();
+        tokio::spawn(follow(
+            format!("http://{addr}"),
+            Some("wrong".into()),
+            "intruder".into(),
+            HashMap::new(),
+            move |c, r| {
+                let _ = bad_tx.send((c.len(), r.len()));
+            },
+        ));
         let (tx, mut rx) = mpsc::unbounded_channel();
         tokio::spawn(follow(
             format!("http://{addr}"),
+            Some("s3cret".into()),
             "t".into(),
             HashMap::new(),
             move |c, r| {
@@ -429,6 +501,10 @@ mod tests {
             rx.recv().await,
             Some((vec![], vec!["a".to_string()])),
             "an unchanged set sends nothing"
+        );
+        assert!(
+            bad_rx.try_recv().is_err(),
+            "a follower with the wrong token received policies"
         );
     }
 }

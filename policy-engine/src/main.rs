@@ -31,6 +31,10 @@ struct Args {
         default_value = "http://127.0.0.1:18001"
     )]
     controller: String,
+    /// Token presented to the controller's policy stream (its `[controller.policy_server] token`).
+    /// Prefer the environment variable: arguments are visible to every local user.
+    #[arg(long, env = "APIP_GW_POLICY_ENGINE__TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Node id presented to the controller.
     #[arg(long, default_value = "policy-engine")]
     node_id: String,
@@ -53,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let follower = engine.clone();
     tokio::spawn(distribution::follow(
         args.controller.clone(),
+        args.token.clone().filter(|t| !t.is_empty()),
         args.node_id.clone(),
         HashMap::new(),
         move |changed, removed| follower.apply(changed, removed),
