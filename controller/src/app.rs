@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::http::{AppState, router};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::sync::SyncQueue;
@@ -173,7 +174,8 @@ pub async fn run(
         let rx = stop_rx.clone();
         async move { xds.serve(xds_listener, stopped(rx)).await }
     });
-    let hub = Hub::start(directory, config.websub.clone());
+    let metrics = Arc::new(Metrics::default());
+    let hub = Hub::start(directory.clone(), config.websub.clone(), metrics.clone());
     let hub_task = tokio::spawn({
         let rx = stop_rx.clone();
         async move { hub.serve(hub_listener, stopped(rx)).await }
@@ -188,7 +190,13 @@ pub async fn run(
     if let (Some(queue), true) = (sync_queue, cp.sync_enabled()) {
         // The gateway serves whatever the API Manager side does: a sync that cannot start is
         // reported, and APIs stay pending.
-        if let Err(e) = crate::sync::start(cp, registry.clone(), queue, stop_rx.clone()) {
+        if let Err(e) = crate::sync::start(
+            cp,
+            registry.clone(),
+            queue,
+            metrics.clone(),
+            stop_rx.clone(),
+        ) {
             error!(error = %e, "bottom-up sync disabled: APIs stay pending until this is fixed and the controller restarted");
         }
     }
@@ -220,6 +228,8 @@ pub async fn run(
         max_body: config.controller.server.max_body_bytes,
         key_quota: config.api_key.keys_per_user_per_api,
         hub: hub_upstream,
+        metrics,
+        hub_store: directory.store().clone(),
     };
     let mut api_task = tokio::spawn(
         axum::serve(api_listener, router(state))

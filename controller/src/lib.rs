@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod policy_view;
 pub mod registry;

@@ -513,6 +513,21 @@ impl Registry {
         Ok(())
     }
 
+    /// REST APIs by sync status: (pending, success, failed).
+    pub fn sync_counts(&self) -> Result<(u64, u64, u64), RegistryError> {
+        let st = self.lock()?;
+        let mut counts = (0, 0, 0);
+        for e in st.apis.values() {
+            match e.row.cp_sync_status.as_deref() {
+                Some(SYNC_PENDING) => counts.0 += 1,
+                Some(SYNC_SUCCESS) => counts.1 += 1,
+                Some(SYNC_FAILED) => counts.2 += 1,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+
     /// API Manager revisions of deleted APIs still to undeploy.
     pub fn pending_undeploys(&self) -> Result<Vec<UndeployRow>, RegistryError> {
         Ok(self.lock()?.store.undeploys()?)

@@ -210,6 +210,14 @@ async fn create_update_undeploy_redeploy_delete_are_mirrored() -> anyhow::Result
     .await?;
     assert!(apim.calls().iter().all(|c| c.method != "DELETE"));
     assert_eq!(apim.tokens_issued(), 1, "the token is cached");
+    let metrics = gw.metrics_text().await?;
+    for line in [
+        "gateway_apim_connected 1\n",
+        "gateway_apim_syncs_failed_total 0\n",
+        "gateway_apim_apis_pending 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in {metrics}");
+    }
     Ok(())
 }
 

@@ -842,6 +842,17 @@ async fn subscribe_verify_publish_signed_delivery() -> anyhow::Result<()> {
     tokio::time::sleep(QUIET).await;
     assert_eq!(bodies(&events(&signed, "/cb")), vec![raw.clone()]);
     assert_eq!(bodies(&events(&plain, "/cb")), vec![raw]);
+    let metrics = gw.metrics_text().await?;
+    for line in [
+        "gateway_websub_subscriptions 2\n",
+        "gateway_websub_delivery_failures_total 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in {metrics}");
+    }
+    assert!(
+        !metrics.contains("gateway_websub_deliveries_total 0\n"),
+        "{metrics}"
+    );
     Ok(())
 }
 

@@ -16,8 +16,9 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::auth::{AuthError, Authenticator, Principal, Role};
+use crate::metrics::{Gauges, Metrics};
 use crate::registry::{REST_API, Registry, RegistryError};
-use crate::websub::WEBSUB_API;
+use crate::websub::{HubStore, WEBSUB_API};
 use error::ApiError;
 
 /// Roles that may manage API definitions.
@@ -41,6 +42,10 @@ pub struct AppState {
     pub key_quota: u32,
     /// Where Envoy reaches the WebSub hub.
     pub hub: gateway_xds::Upstream,
+    /// Counters of the sync and the hub.
+    pub metrics: Arc<Metrics>,
+    /// The hub's store, for its gauges.
+    pub hub_store: Arc<HubStore>,
 }
 
 /// The authenticated caller of a management request.
@@ -129,9 +134,21 @@ async fn metrics(
     caller: Caller,
 ) -> Result<([(header::HeaderName, &'static str); 1], String), ApiError> {
     caller.require(&[Role::Admin])?;
+    let (pending, synced, failed) = blocking(&st.registry, |r| r.sync_counts()).await?;
+    let store = st.hub_store.clone();
+    let (subscriptions, owed) = tokio::task::spawn_blocking(move || store.counts())
+        .await?
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let gauges = Gauges {
+        apis_pending: pending,
+        apis_synced: synced,
+        apis_failed: failed,
+        websub_subscriptions: subscriptions,
+        websub_pending_deliveries: owed,
+    };
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.registry.xds().metrics().prometheus(),
+        st.registry.xds().metrics().prometheus() + &st.metrics.prometheus(&gauges),
     ))
 }
 

@@ -5,6 +5,7 @@
 //! syncs run only while it is up.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,6 +20,7 @@ use tokio_tungstenite::{Connector, connect_async_tls_with_config};
 use tracing::{debug, error, info, warn};
 
 use super::apim::ApimClient;
+use crate::metrics::Metrics;
 
 /// Longest wait for the WebSocket handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,6 +71,7 @@ pub async fn run(
     apim: Arc<ApimClient>,
     settings: ChannelSettings,
     connected: watch::Sender<Connection>,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = settings.reconnect_initial;
@@ -76,9 +79,10 @@ pub async fn run(
     loop {
         epoch += 1;
         let uptime = tokio::select! {
-            up = session(&apim, &settings, &connected, epoch) => up,
+            up = session(&apim, &settings, &connected, &metrics, epoch) => up,
             _ = stop.wait_for(|s| *s) => None,
         };
+        metrics.apim_connected.store(0, Ordering::Relaxed);
         if connected.send_replace(None).is_some() {
             warn!("Disconnected from control plane; reconnecting");
         }
@@ -107,6 +111,7 @@ async fn session(
     apim: &ApimClient,
     settings: &ChannelSettings,
     connected: &watch::Sender<Connection>,
+    metrics: &Metrics,
     epoch: u64,
 ) -> Option<Duration> {
     let gateway_path = match apim.gateway_path().await {
@@ -202,6 +207,7 @@ async fn session(
         "Connected to control plane"
     );
     connected.send_replace(Some(epoch));
+    metrics.apim_connected.store(1, Ordering::Relaxed);
     let acked_at = Instant::now();
     // Our own pings keep NATs open and make a dead peer show up even if it stops pinging.
     let mut ping = tokio::time::interval(settings.heartbeat_timeout / 3);

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 pub use queue::SyncQueue;
 
 use crate::config::ControlPlaneConfig;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 
 /// Why the sync could not start or an API could not be exported.
@@ -54,6 +55,7 @@ pub fn start(
     cp: &ControlPlaneConfig,
     registry: Arc<Registry>,
     queue: SyncQueue,
+    metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), SyncError> {
     let tls = tls::client_config(cp.insecure_skip_verify, &cp.ca_file)?;
@@ -81,6 +83,7 @@ pub fn start(
         client.clone(),
         settings,
         connected_tx,
+        metrics.clone(),
         stop.clone(),
     ));
     let workers = worker::Workers {
@@ -90,6 +93,7 @@ pub fn start(
         gateway_name: cp.gateway_name.clone(),
         pool_size: cp.apim_sync_pool_size as usize,
         connected: connected_rx,
+        metrics,
     };
     tokio::spawn(workers.run(stop));
     Ok(())

@@ -15,6 +15,7 @@ use super::apim::{ApimClient, ApimError};
 use super::artifact;
 use super::channel::{self, Connection};
 use super::queue::SyncQueue;
+use crate::metrics::{Metrics, inc};
 use crate::registry::{Registry, RegistryError};
 
 /// Attempts per sync before the API is marked failed.
@@ -36,6 +37,8 @@ pub struct Workers {
     pub pool_size: usize,
     /// The control channel's state.
     pub connected: watch::Receiver<Connection>,
+    /// Where outcomes are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 async fn off_runtime<T: Send + 'static>(
@@ -239,6 +242,11 @@ impl Workers {
                 )
             }
         }
+        inc(if matches!(outcome, SyncOutcome::Failed(_)) {
+            &self.metrics.apim_syncs_failed
+        } else {
+            &self.metrics.apim_syncs_succeeded
+        });
         let registry = self.registry.clone();
         if let Err(e) = off_runtime(move || registry.record_sync(&entry, &outcome)).await {
             error!(api = handle, error = %e, "cannot record the sync outcome");

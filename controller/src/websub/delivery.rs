@@ -17,6 +17,7 @@ use tracing::{debug, error, info, warn};
 use super::store::{HubStore, Pending, Subscription};
 use super::{Directory, Event, HubApi};
 use crate::config::WebSubConfig;
+use crate::metrics::{Metrics, inc};
 use crate::store::StoreError;
 
 /// How often a subscription of an undeployed API looks again.
@@ -34,6 +35,7 @@ pub struct Deliverer {
     max_attempts: i64,
     workers: Mutex<HashMap<i64, Arc<Notify>>>,
     in_flight: Semaphore,
+    metrics: Arc<Metrics>,
 }
 
 /// Deliveries in flight at once, over all subscriptions.
@@ -116,9 +118,15 @@ enum Step {
 
 impl Deliverer {
     /// A deliverer for the APIs of `directory`.
-    pub fn new(directory: Arc<Directory>, http: reqwest::Client, c: &WebSubConfig) -> Arc<Self> {
+    pub fn new(
+        directory: Arc<Directory>,
+        http: reqwest::Client,
+        c: &WebSubConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             directory,
+            metrics,
             http,
             timeout: Duration::from_millis(c.delivery_timeout_ms),
             initial_delay: Duration::from_millis(c.delivery_initial_delay_ms),
@@ -236,12 +244,15 @@ impl Deliverer {
         }
         match self.send(&sub, &api, &p).await {
             Ok(()) => {
+                inc(&self.metrics.websub_deliveries);
                 db(&store, move |s| s.finish_delivery(id, seq)).await;
                 Step::Next
             }
             Err(why) => {
+                inc(&self.metrics.websub_delivery_failures);
                 let failed = p.attempts + 1;
                 if failed >= self.max_attempts {
+                    inc(&self.metrics.websub_deliveries_dropped);
                     warn!(
                         channel = sub.channel,
                         callback = %callback_label(&sub.callback),

@@ -26,6 +26,7 @@ use super::store::Intent;
 use super::{ANY_CHANNEL, Directory, Event, HubApi};
 use crate::config::WebSubConfig;
 use crate::http::body::read_limited;
+use crate::metrics::{Metrics, inc};
 
 /// Longest subscription request read.
 const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -39,6 +40,7 @@ pub struct Hub {
     http: reqwest::Client,
     config: WebSubConfig,
     verifications: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 /// Verifications of intent running at once; the others wait (their intents are stored).
@@ -151,15 +153,20 @@ async fn echoes(mut r: reqwest::Response, challenge: &str) -> bool {
 
 impl Hub {
     /// A hub over `directory`, resuming interrupted verifications and deliveries.
-    pub fn start(directory: Arc<Directory>, config: WebSubConfig) -> Arc<Self> {
+    pub fn start(
+        directory: Arc<Directory>,
+        config: WebSubConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(32)
             .build()
             .unwrap_or_default();
-        let deliverer = Deliverer::new(directory.clone(), http.clone(), &config);
+        let deliverer = Deliverer::new(directory.clone(), http.clone(), &config, metrics.clone());
         let hub = Arc::new(Self {
             directory,
+            metrics,
             deliverer,
             http,
             config,
@@ -468,6 +475,7 @@ async fn publish(
     .await;
     match stored {
         Ok(Ok(subscribers)) => {
+            inc(&hub.metrics.websub_events_published);
             debug!(
                 api = api.name,
                 channel,

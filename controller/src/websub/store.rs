@@ -393,6 +393,14 @@ impl HubStore {
         Ok(())
     }
 
+    /// Subscriptions, and deliveries still owed, for metrics.
+    pub fn counts(&self) -> Result<(u64, u64), StoreError> {
+        let c = self.lock();
+        let subs: i64 = c.query_row("SELECT COUNT(*) FROM subscriptions", [], |r| r.get(0))?;
+        let owed: i64 = c.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))?;
+        Ok((subs.max(0) as u64, owed.max(0) as u64))
+    }
+
     /// Forgets everything of a deleted API.
     pub fn purge_api(&self, api_uuid: &str) -> Result<(), StoreError> {
         let mut c = self.lock();
