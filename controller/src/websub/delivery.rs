@@ -20,8 +20,8 @@ use crate::config::WebSubConfig;
 use crate::metrics::{Metrics, inc};
 use crate::store::StoreError;
 
-/// How often a subscription of an undeployed API looks again.
-const PAUSED_POLL: Duration = Duration::from_secs(1);
+/// How soon a subscription tries again after its store failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 /// Longest idle wait before a subscription checks its lease again.
 const IDLE_CHECK: Duration = Duration::from_secs(3600);
 
@@ -112,6 +112,8 @@ enum Step {
     Next,
     /// Wait for new events (or this long).
     Idle(Duration),
+    /// The API is not deployed: wait until the deployed APIs change.
+    Paused,
     /// The subscription is gone.
     Done,
 }
@@ -166,11 +168,20 @@ impl Deliverer {
             id,
             notify: notify.clone(),
         };
+        let mut changes = self.directory.changes();
         loop {
+            // Seen before the step: a redeploy during it still wakes a pause.
+            changes.borrow_and_update();
             match self.step(id).await {
                 Step::Next => {}
                 Step::Idle(d) => {
                     let _ = tokio::time::timeout(d, notify.notified()).await;
+                }
+                Step::Paused => {
+                    tokio::select! {
+                        _ = notify.notified() => {}
+                        r = changes.changed() => if r.is_err() { break },
+                    }
                 }
                 Step::Done => break,
             }
@@ -190,7 +201,7 @@ impl Deliverer {
     async fn step(&self, id: i64) -> Step {
         let store = self.directory.store().clone();
         let Some(sub) = db(&store, move |s| s.subscription(id)).await else {
-            return Step::Idle(PAUSED_POLL);
+            return Step::Idle(STORE_RETRY);
         };
         let Some(sub) = sub else {
             return Step::Done;
@@ -207,7 +218,7 @@ impl Deliverer {
             };
         }
         let Some(api) = self.directory.by_uuid(&sub.api_uuid) else {
-            return Step::Idle(PAUSED_POLL);
+            return Step::Paused;
         };
         if !api.channels.contains(&sub.channel) {
             info!(channel = sub.channel, callback = %callback_label(&sub.callback), "WebSub channel removed from its API; subscription ended");
@@ -215,7 +226,7 @@ impl Deliverer {
             return Step::Done;
         }
         let Some(next) = db(&store, move |s| s.next_delivery(id)).await else {
-            return Step::Idle(PAUSED_POLL);
+            return Step::Idle(STORE_RETRY);
         };
         let Some(p) = next else {
             let lease_left = Duration::from_secs((sub.expires_at - now).max(1) as u64);

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use gateway_policy_engine::chain::{RequestView, Verdict};
 use gateway_policy_engine::distribution::ApiPolicies;
 use gateway_policy_engine::engine::{Engine, Outcome, now_ns};
+use tokio::sync::watch;
 use tracing::error;
 
 pub use store::HubStore;
@@ -52,6 +53,7 @@ pub struct Directory {
     apis: ArcSwap<Snapshot>,
     engine: Engine,
     store: Arc<HubStore>,
+    changes: watch::Sender<u64>,
 }
 
 impl Directory {
@@ -61,7 +63,13 @@ impl Directory {
             apis: ArcSwap::from_pointee(Snapshot::default()),
             engine: Engine::default(),
             store,
+            changes: watch::channel(0).0,
         }
+    }
+
+    /// Ticks on every change of the deployed APIs (deliveries of an undeployed API wait on it).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The hub's store.
@@ -77,6 +85,7 @@ impl Directory {
         };
         f(&mut next);
         self.apis.store(Arc::new(next));
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// Serves (or updates) a deployed API with its policies.
