@@ -175,7 +175,8 @@ pub async fn run(
         async move { xds.serve(xds_listener, stopped(rx)).await }
     });
     let metrics = Arc::new(Metrics::default());
-    let hub = Hub::start(directory.clone(), config.websub.clone(), metrics.clone());
+    let hub = Hub::start(directory.clone(), config.websub.clone(), metrics.clone())
+        .context("starting the WebSub hub")?;
     let hub_task = tokio::spawn({
         let rx = stop_rx.clone();
         async move { hub.serve(hub_listener, stopped(rx)).await }

@@ -163,13 +163,28 @@ pub fn kind_of(v: &ValidApi) -> &'static str {
     }
 }
 
-fn not_found(kind: &str, id: &str) -> RegistryError {
-    let label = if kind == WEBSUB_API {
+/// How messages name an API of `kind`.
+pub fn kind_label(kind: &str) -> &'static str {
+    if kind == WEBSUB_API {
         "WebSubAPI"
     } else {
         "RestAPI"
-    };
-    RegistryError::NotFound(format!("{label} with handle '{id}' not found"))
+    }
+}
+
+fn not_found(kind: &str, id: &str) -> RegistryError {
+    RegistryError::NotFound(format!("{} with handle '{id}' not found", kind_label(kind)))
+}
+
+/// Runs `f` on the registry off the async runtime (it takes a lock and may write SQLite).
+pub async fn off_runtime<T: Send + 'static>(
+    registry: &Arc<Registry>,
+    f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, RegistryError> {
+    let r = registry.clone();
+    tokio::task::spawn_blocking(move || f(&r))
+        .await
+        .unwrap_or(Err(RegistryError::Poisoned))
 }
 
 /// Sync status of an API waiting to be synced.

@@ -4,6 +4,7 @@
 //! a controller crash, api-key-auth, undeploy, bad requests, and fan-out to 100 subscribers),
 //! against local subscriber servers.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -396,6 +397,15 @@ fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// Checks a verification of intent: its mode, its topic, and a non-empty challenge.
+fn assert_intent(v: &BTreeMap<String, String>, mode: &str, topic: &str) {
+    assert_eq!(v.get("hub.mode").map(String::as_str), Some(mode), "{v:?}");
+    assert_eq!(v.get("hub.topic").map(String::as_str), Some(topic), "{v:?}");
+    assert!(
+        v.get("hub.challenge").is_some_and(|c| !c.is_empty()),
+        "{v:?}"
+    );
+}
 fn assert_error_shape(status: StatusCode, body: &Value, expected: u16, what: &str) {
     assert_eq!(status, expected, "{what}: {body}");
     assert_eq!(body["status"], "error", "{what}: {body}");
@@ -738,20 +748,7 @@ async fn subscribe_verify_publish_signed_delivery() -> anyhow::Result<()> {
     )
     .await?;
     let v = wait_verification(&gw, &signed, 1).await?;
-    assert_eq!(
-        v.get("hub.mode").map(String::as_str),
-        Some("subscribe"),
-        "{v:?}"
-    );
-    assert_eq!(
-        v.get("hub.topic").map(String::as_str),
-        Some("issues"),
-        "{v:?}"
-    );
-    assert!(
-        v.get("hub.challenge").is_some_and(|c| !c.is_empty()),
-        "{v:?}"
-    );
+    assert_intent(&v, "subscribe", "issues");
     assert!(
         v.get("hub.lease_seconds")
             .and_then(|l| l.parse::<u64>().ok())
@@ -879,15 +876,7 @@ async fn failed_verification_activates_nothing() -> anyhow::Result<()> {
     subscribe(&gw, CTX, "issues", &refuse.callback(), None, None).await?;
     for s in [&wrong, &refuse] {
         let v = wait_verification(&gw, s, 1).await?;
-        assert_eq!(
-            v.get("hub.mode").map(String::as_str),
-            Some("subscribe"),
-            "{v:?}"
-        );
-        assert!(
-            v.get("hub.challenge").is_some_and(|c| !c.is_empty()),
-            "{v:?}"
-        );
+        assert_intent(&v, "subscribe", "issues");
     }
     // A correctly verifying subscriber on the same channel, subscribed afterwards.
     subscribe(&gw, CTX, "issues", &good.callback(), None, None).await?;
@@ -947,20 +936,7 @@ async fn unsubscribe_stops_deliveries() -> anyhow::Result<()> {
     let (s, body) = hub(&gw, CTX, &form, &[]).await?;
     assert_eq!((s.as_u16(), body.as_str()), (202, ""));
     let v = wait_verification(&gw, &leaving, 2).await?;
-    assert_eq!(
-        v.get("hub.mode").map(String::as_str),
-        Some("unsubscribe"),
-        "{v:?}"
-    );
-    assert_eq!(
-        v.get("hub.topic").map(String::as_str),
-        Some("issues"),
-        "{v:?}"
-    );
-    assert!(
-        v.get("hub.challenge").is_some_and(|c| !c.is_empty()),
-        "{v:?}"
-    );
+    assert_intent(&v, "unsubscribe", "issues");
 
     // The echo removes the subscription: eventually a probe reaches the staying subscriber and,
     // a generous while later, still not the one that left.

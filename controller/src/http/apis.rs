@@ -12,7 +12,7 @@ use super::body::read_document;
 use super::error::ApiError;
 use super::{AppState, Caller, DEFINITION_ROLES, ResourceKind, blocking, path_params};
 use crate::model::ApiRequest;
-use crate::registry::{ApiEntry, REST_API};
+use crate::registry::{ApiEntry, REST_API, kind_label};
 use crate::validate::{FieldError, ValidApi, validate_rest_api};
 use crate::websub::model::WebSubApiRequest;
 use crate::websub::{WEBSUB_API, validate_websub_api};
@@ -155,11 +155,7 @@ pub async fn delete(
     let id = path_params::<String>(id)?;
     let target = id.clone();
     blocking(&st.registry, move |r| r.delete(kind, &target)).await?;
-    let label = if kind == WEBSUB_API {
-        "WebSubAPI"
-    } else {
-        "RestAPI"
-    };
+    let label = kind_label(kind);
     Ok(Json(
         json!({"status": "success", "message": format!("{label} deleted successfully"), "id": id}),
     ))

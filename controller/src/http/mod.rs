@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{AuthError, Authenticator, Principal, Role};
 use crate::metrics::{Gauges, Metrics};
-use crate::registry::{REST_API, Registry, RegistryError};
+use crate::registry::{REST_API, Registry, RegistryError, off_runtime};
 use crate::websub::{HubStore, WEBSUB_API};
 use error::ApiError;
 
@@ -115,8 +115,7 @@ pub async fn blocking<T: Send + 'static>(
     registry: &Arc<Registry>,
     f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let r = registry.clone();
-    Ok(tokio::task::spawn_blocking(move || f(&r)).await??)
+    Ok(off_runtime(registry, f).await?)
 }
 
 /// Path parameters, or a 400 in the error shape.

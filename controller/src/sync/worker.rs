@@ -16,7 +16,7 @@ use super::artifact;
 use super::channel::{self, Connection};
 use super::queue::SyncQueue;
 use crate::metrics::{Metrics, inc};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Registry, off_runtime};
 
 /// Attempts per sync before the API is marked failed.
 const ATTEMPTS: u32 = 3;
@@ -39,14 +39,6 @@ pub struct Workers {
     pub connected: watch::Receiver<Connection>,
     /// Where outcomes are counted.
     pub metrics: Arc<Metrics>,
-}
-
-async fn off_runtime<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
-) -> Result<T, RegistryError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or(Err(RegistryError::Poisoned))
 }
 
 /// Marks an API's sync finished when dropped, so even a panicking sync frees its API.
@@ -119,8 +111,7 @@ impl Workers {
     /// On every (re)connection: queue every API still pending or failed, and the undeployments
     /// left over.
     async fn start_bottom_up_sync(&self) {
-        let registry = self.registry.clone();
-        match off_runtime(move || registry.sync_candidates()).await {
+        match off_runtime(&self.registry, move |r| r.sync_candidates()).await {
             Ok(due) => {
                 info!(apis = due.len(), "Bottom-up sync: starting");
                 for handle in &due {
@@ -160,9 +151,8 @@ impl Workers {
     /// `epoch` went away is not recorded: the API stays as it was and is synced again on the
     /// next connection.
     async fn sync_api(&self, handle: &str, epoch: u64) {
-        let registry = self.registry.clone();
         let h = handle.to_string();
-        let entry = match off_runtime(move || registry.sync_entry(&h)).await {
+        let entry = match off_runtime(&self.registry, move |r| r.sync_entry(&h)).await {
             Ok(Some(e)) => e,
             Ok(None) => return,
             Err(e) => {
@@ -247,8 +237,8 @@ impl Workers {
         } else {
             &self.metrics.apim_syncs_succeeded
         });
-        let registry = self.registry.clone();
-        if let Err(e) = off_runtime(move || registry.record_sync(&entry, &outcome)).await {
+        if let Err(e) = off_runtime(&self.registry, move |r| r.record_sync(&entry, &outcome)).await
+        {
             error!(api = handle, error = %e, "cannot record the sync outcome");
         }
     }
@@ -271,8 +261,7 @@ impl Workers {
 
     /// Undeploys the revisions of deleted APIs; keeps those APIM could not be reached for.
     async fn undeploy_deleted(&self) {
-        let registry = self.registry.clone();
-        let rows = match off_runtime(move || registry.pending_undeploys()).await {
+        let rows = match off_runtime(&self.registry, move |r| r.pending_undeploys()).await {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "cannot list APIM revisions to undeploy");
@@ -304,11 +293,10 @@ impl Workers {
                     false
                 }
             };
-            if handled {
-                let registry = self.registry.clone();
-                if let Err(e) = off_runtime(move || registry.finish_undeploy(u.seq)).await {
-                    error!(error = %e, "cannot record an undeployment");
-                }
+            if handled
+                && let Err(e) = off_runtime(&self.registry, move |r| r.finish_undeploy(u.seq)).await
+            {
+                error!(error = %e, "cannot record an undeployment");
             }
         }
     }

@@ -157,12 +157,12 @@ impl Hub {
         directory: Arc<Directory>,
         config: WebSubConfig,
         metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, reqwest::Error> {
+        // Never a client that follows redirects: W3C WebSub treats them as failures.
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(32)
-            .build()
-            .unwrap_or_default();
+            .build()?;
         let deliverer = Deliverer::new(directory.clone(), http.clone(), &config, metrics.clone());
         let hub = Arc::new(Self {
             directory,
@@ -188,7 +188,7 @@ impl Hub {
             }
             Err(e) => error!(error = %e, "cannot resume WebSub verifications"),
         }
-        hub
+        Ok(hub)
     }
 
     /// Serves the hub on `listener` until `shutdown` resolves.
